@@ -1,0 +1,90 @@
+"""One exception tree for the relay; every error carries the code a client will see.
+
+    MatrixError                      code, message, status (HTTP hint), retryable
+    ├── ConfigError                  bad configuration file or environment
+    ├── RequestError                 a client's request is refused before any stream starts
+    │   ├── StreamNotFound           unknown or expired stream id (404)
+    │   └── ResumeGap                the replay buffer no longer covers the asked seq (410)
+    ├── UpstreamError                the provider failed; reaches the client as an `error` event
+    │   ├── UpstreamUnavailable      connect error, HTTP 429/5xx, retryable handshake failure
+    │   ├── UpstreamRejected         the vendor refused the request (auth, audit, quota...)
+    │   ├── UpstreamTimeout          no data for upstream_idle_timeout_s
+    │   └── UpstreamProtocolError    malformed frame, or the stream ended without its end marker
+    └── ShuttingDown                 the relay is draining; try again elsewhere
+
+Foreign exceptions are translated once, at the transport boundary, with
+``raise ... from exc``; nothing above the transports sees aiohttp or websockets errors.
+"""
+
+from __future__ import annotations
+
+
+class MatrixError(Exception):
+    code = "internal"
+    status = 500
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 retryable: bool | None = None, upstream_code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if retryable is not None:
+            self.retryable = retryable
+        self.upstream_code = upstream_code
+
+    def body(self) -> dict:
+        """The `{"error": {...}}` body of an HTTP refusal."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(MatrixError):
+    code = "config"
+
+
+class RequestError(MatrixError):
+    code = "invalid_request"
+    status = 400
+
+
+class StreamNotFound(RequestError):
+    code = "stream_not_found"
+    status = 404
+
+
+class ResumeGap(RequestError):
+    code = "resume_gap"
+    status = 410
+
+
+class UpstreamError(MatrixError):
+    code = "upstream_error"
+    status = 502
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamRejected(UpstreamError):
+    code = "upstream_rejected"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+    retryable = True
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol"
+    retryable = True
+
+
+class ShuttingDown(MatrixError):
+    code = "shutting_down"
+    status = 503
+    retryable = True
