@@ -1,0 +1,1 @@
+"""Client-facing endpoints: SSE (sse.py) and WebSocket (ws.py), the mirror of upstreams/."""

@@ -88,3 +88,9 @@ class ShuttingDown(MatrixError):
     code = "shutting_down"
     status = 503
     retryable = True
+
+
+def from_http_status(status: int, message: str, upstream_code: str | None = None) -> UpstreamError:
+    """A provider's HTTP refusal: 408/429/5xx may pass if tried again, anything else will not."""
+    cls = UpstreamUnavailable if status in (408, 429) or status >= 500 else UpstreamRejected
+    return cls(f"HTTP {status}: {message}", upstream_code=upstream_code or str(status))

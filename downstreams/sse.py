@@ -1,0 +1,62 @@
+"""SSE downstream: `POST /v1/chat/sse` starts a stream, `GET /v1/streams/{id}/events` resumes one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from matrix import sse
+from matrix.delivery import Watchdog
+from matrix.errors import RequestError
+from matrix.keys import RELAY
+from matrix.request import chat_request, parse_json
+from matrix.stream import Stream
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise RequestError(f"request body exceeds {request.app._client_max_size} bytes",
+                           code="payload_too_large", status=413) from exc
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    relay = request.app[RELAY]
+    stream = relay.start(chat_request(parse_json(await read_body(request))), downstream="sse")
+    return await follow(request, stream, after=-1)
+
+
+async def resume(request: web.Request) -> web.StreamResponse:
+    """Resume after `Last-Event-ID` (what EventSource sends on reconnect) or `?last_event_id=`."""
+    stream = request.app[RELAY].get(request.match_info["stream_id"])
+    raw = request.headers.get("Last-Event-ID", request.query.get("last_event_id", "-1"))
+    try:
+        after = int(raw)
+    except ValueError as exc:
+        raise RequestError(f"Last-Event-ID must be an event seq, got {raw[:40]!r}", code="invalid_request") from exc
+    stream.read(after)  # refuse a gap before the response starts
+    return await follow(request, stream, after)
+
+
+async def follow(request: web.Request, stream: Stream, after: int) -> web.StreamResponse:
+    relay = request.app[RELAY]
+    cfg = relay.settings.stream
+    response = web.StreamResponse(headers=sse.HEADERS)
+    await response.prepare(request)
+    watchdog = Watchdog(ping=lambda: response.write(sse.PING), abort=lambda: request.transport and request.transport.abort(),
+                        heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s)
+    guard = asyncio.get_running_loop().create_task(watchdog.run())
+    try:
+        with relay.reader(stream):
+            async for batch in stream.follow(after):
+                watchdog.writing = True
+                await response.write(sse.frames(batch))
+                watchdog.writing = False
+                watchdog.writes += 1
+    except ConnectionError:
+        pass  # the client left; the relay's grace timer decides what happens upstream
+    finally:
+        guard.cancel()
+    return response

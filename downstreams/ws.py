@@ -1,0 +1,116 @@
+"""WebSocket downstream: `GET /v1/chat/ws`, JSON text frames both ways, many streams per socket.
+
+Client messages: `{"type": "chat", ...ChatRequest}`, `{"type": "cancel", "stream_id"}`,
+`{"type": "resume", "stream_id", "after"}`. Each event goes out as one text frame. A bad
+message is answered with an `error` event (no `seq`: it belongs to no stream) and the
+socket keeps serving its other streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import WSMsgType, web
+
+from matrix.delivery import Watchdog
+from matrix.errors import MatrixError, RequestError
+from matrix.events import Error, encode
+from matrix.keys import RELAY
+from matrix.relay import Relay
+from matrix.request import chat_request, parse_json
+from matrix.stream import Stream
+
+
+async def chat(request: web.Request) -> web.WebSocketResponse:
+    relay = request.app[RELAY]
+    server, cfg = relay.settings.server, relay.settings.stream
+    # aiohttp's heartbeat sends protocol pings and closes the socket when no pong comes back.
+    ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, compress=False, max_msg_size=server.max_ws_frame_bytes)
+    await ws.prepare(request)
+    socket = Socket(relay, ws, Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
+                                        heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s))
+    guard = asyncio.get_running_loop().create_task(socket.watchdog.run())
+    try:
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                await socket.handle(message.data)
+            elif message.type is WSMsgType.BINARY:
+                await socket.refuse(RequestError("binary frames are not accepted; send JSON text frames",
+                                                 code="unsupported_frame"))
+    finally:
+        guard.cancel()
+        await socket.close()
+    return ws
+
+
+class Socket:
+    """The streams one WebSocket carries, each followed by its own task."""
+
+    def __init__(self, relay: Relay, ws: web.WebSocketResponse, watchdog: Watchdog) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.watchdog = watchdog
+        self.followers: set[asyncio.Task] = set()
+
+    async def handle(self, data: str) -> None:
+        stream_id = None
+        try:
+            body = parse_json(data)
+            if not isinstance(body, dict):
+                raise RequestError("a message must be a JSON object", code="invalid_request")
+            stream_id = body.get("stream_id") if isinstance(body.get("stream_id"), str) else None
+            kind = body.pop("type", None)
+            if kind == "chat":
+                self._follow(self.relay.start(chat_request(body), downstream="ws"), after=-1)
+            elif kind == "cancel":
+                self.relay.cancel(_required_str(body, "stream_id"))
+            elif kind == "resume":
+                after = body.get("after", -1)
+                if not isinstance(after, int) or isinstance(after, bool):
+                    raise RequestError("resume.after must be an integer seq", code="invalid_request")
+                stream = self.relay.get(_required_str(body, "stream_id"))
+                stream.read(after)  # refuse a gap now, as an error for this request
+                self._follow(stream, after)
+            else:
+                raise RequestError(f"unknown message type {kind!r}; expected chat, cancel or resume",
+                                   code="invalid_request")
+        except MatrixError as exc:
+            await self.refuse(exc, stream_id)
+
+    async def refuse(self, exc: MatrixError, stream_id: str | None = None) -> None:
+        error = Error(stream_id, None, exc.code, exc.message, exc.retryable)  # type: ignore[arg-type]
+        await self._send(encode(error))
+
+    def _follow(self, stream: Stream, after: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(stream, after))
+        self.followers.add(task)
+        task.add_done_callback(self.followers.discard)
+
+    async def _deliver(self, stream: Stream, after: int) -> None:
+        try:
+            with self.relay.reader(stream):
+                async for batch in stream.follow(after):
+                    for event in batch:
+                        await self._send(encode(event))
+        except ConnectionError:
+            pass  # the socket is gone; close() ends the other followers
+
+    async def _send(self, data: bytes) -> None:
+        watchdog = self.watchdog
+        watchdog.writing = True
+        await self.ws.send_frame(data, WSMsgType.TEXT)  # already UTF-8 JSON: no decode and re-encode
+        watchdog.writing = False
+        watchdog.writes += 1
+
+    async def close(self) -> None:
+        for task in self.followers:
+            task.cancel()
+        if self.followers:
+            await asyncio.gather(*self.followers, return_exceptions=True)
+
+
+def _required_str(body: dict, key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"{key} must be a non-empty string", code="invalid_request")
+    return value

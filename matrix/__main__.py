@@ -1,0 +1,5 @@
+"""`python -m matrix` is the `matrix` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""The relay's aiohttp application: routes, error mapping, lifecycle, and running it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+import downstreams.sse
+import downstreams.ws
+import upstreams
+
+from .config import Settings
+from .errors import MatrixError, RequestError
+from .keys import RELAY
+from .relay import Relay
+
+log = logging.getLogger("matrix.app")
+STATIC = Path(__file__).parent / "static"
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler):
+    """A refusal before a stream starts: HTTP 4xx/5xx with {"error": {"code", "message"}}."""
+    try:
+        return await handler(request)
+    except MatrixError as exc:
+        return web.json_response(exc.body(), status=exc.status)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=settings.server.max_body_bytes)
+    relay = Relay(settings, {name: upstreams.build(name, cfg, settings.stream)
+                             for name, cfg in settings.upstreams.items()})
+    app[RELAY] = relay
+    down = settings.downstream_transport
+    sse_chat = downstreams.sse.chat if down in (None, "sse") else _pinned("sse", settings)
+    ws_chat = downstreams.ws.chat if down in (None, "ws") else _pinned("ws", settings)
+    app.router.add_post("/v1/chat/sse", sse_chat)
+    app.router.add_get("/v1/chat/ws", ws_chat)
+    app.router.add_get("/v1/streams/{stream_id}/events", downstreams.sse.resume)
+    app.router.add_post("/v1/streams/{stream_id}/cancel", cancel)
+    app.router.add_get("/v1/upstreams", list_upstreams)
+    app.router.add_get("/healthz", healthz)
+    if STATIC.is_dir():
+        app.router.add_get("/", index)
+        app.router.add_static("/static", STATIC)
+
+    async def drain(app: web.Application) -> None:
+        # on_shutdown runs after the listening sockets close and before aiohttp cancels
+        # the handlers, so live streams can still finish and deliver their last event.
+        await relay.aclose(settings.server.drain_timeout_s)
+
+    app.on_shutdown.append(drain)
+    return app
+
+
+def _pinned(transport: str, settings: Settings):
+    async def refuse(request: web.Request) -> web.Response:
+        raise RequestError(f"the {transport} downstream is off: this relay is pinned to {settings.server.combo}",
+                           code="combo_pinned", status=404)
+    return refuse
+
+
+async def cancel(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    stream = relay.cancel(request.match_info["stream_id"])
+    return web.json_response({"stream_id": stream.id, "finished": stream.finished})
+
+
+async def list_upstreams(request: web.Request) -> web.Response:
+    settings = request.app[RELAY].settings
+    return web.json_response({
+        "default": settings.default_upstream(),
+        "combo": settings.server.combo or None,
+        "upstreams": [cfg.public(name) for name, cfg in settings.upstreams.items()],
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    return web.json_response({"status": "ok", "streams": len(relay.streams)})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start serving `app`; returns the runner and the bound port (port 0 picks a free one)."""
+    # handler_cancellation: a client that disconnects cancels its handler at once, which is
+    # how a vanished SSE client is noticed even while no token is being written.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound
+
+
+async def run_until_stopped(*runners: web.AppRunner) -> None:
+    """Wait for SIGINT/SIGTERM, then clean up each runner (which drains its streams)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for runner in runners:
+            await runner.cleanup()

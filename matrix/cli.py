@@ -1,0 +1,107 @@
+"""The `matrix` command: serve the relay, run the mock providers, a demo of both, a chat client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config import COMBOS, load
+from .errors import ConfigError
+
+EPILOG = """combinations (downstream-upstream): sse-sse, sse-ws, ws-sse, ws-ws.
+Start with `matrix demo`, then in another terminal: matrix chat "你好" --downstream ws --upstream spark"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="matrix", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the relay (SSE and WS downstreams, all upstreams)",
+                                description="Run the relay. Config: --config FILE, else ./matrix.toml, else "
+                                            "built-in defaults pointing at the mock providers on :9100; "
+                                            "MATRIX_<SECTION>__<KEY> environment variables override the file.")
+    _relay_options(serve)
+
+    mock = commands.add_parser("mock", help="run the mock AI providers (Spark WS, Baidu agent SSE, OpenAI SSE)",
+                               description="Serve protocol-faithful mock providers under the vendors' paths: "
+                                           "/v3.5/chat (Spark WS), /assistant/conversation (Baidu agent SSE), "
+                                           "/v1/chat/completions (OpenAI SSE), and GET /_mock/stats. A line "
+                                           "'#mock tokens=40 interval_ms=20 fault=drop_after:5' in the last user "
+                                           "message scripts one answer.")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9100)
+    _mock_defaults(mock)
+
+    demo = commands.add_parser("demo", help="mock providers + relay in one process (what `make demo` runs)",
+                               description="Run the mock providers on --mock-port and the relay on --port, "
+                                           "then open the printed URL. Ctrl-C stops both.")
+    _relay_options(demo)
+    demo.add_argument("--mock-port", type=int, default=9100)
+    _mock_defaults(demo)
+
+    chat = commands.add_parser("chat", help="stream one answer through the relay and time it",
+                               description="Send PROMPT through a running relay and print tokens as they "
+                                           "arrive, then time to first token and tokens/s.")
+    chat.add_argument("prompt")
+    chat.add_argument("--downstream", choices=("sse", "ws"), default="sse", help="client-side transport")
+    chat.add_argument("--upstream", default=None, help="upstream name from GET /v1/upstreams (default: the relay's)")
+    chat.add_argument("--url", default="http://127.0.0.1:8080", help="the relay's base URL")
+    chat.add_argument("--trace", action="store_true", help="print every raw frame received from the relay")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "chat":
+            from .client import chat_command
+            return asyncio.run(chat_command(args))
+        return asyncio.run(_serve(args))
+    except ConfigError as exc:
+        print(f"matrix: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"matrix: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _relay_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="TOML file (default: ./matrix.toml if present)")
+    p.add_argument("--combo", choices=COMBOS, default=None, help="pin one combination, e.g. ws-sse")
+    p.add_argument("--host", default=None, help="address to bind (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to bind (default from config: 8080)")
+
+
+def _mock_defaults(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", type=int, default=None, help="tokens per answer (default 12)")
+    p.add_argument("--interval-ms", type=float, default=None, help="delay between tokens (default 20)")
+    p.add_argument("--first-token-ms", type=float, default=None, help="delay before the first token")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .app import create_app, run_until_stopped, start_site
+
+    runners = []
+    if args.command in ("mock", "demo"):
+        from mock_ai.app import create_app as create_mock
+        defaults = {k: v for k, v in {"tokens": args.tokens, "interval_ms": args.interval_ms,
+                                      "first_token_ms": args.first_token_ms}.items() if v is not None}
+        mock_port = args.port if args.command == "mock" else args.mock_port
+        mock_host = args.host if args.command == "mock" else "127.0.0.1"
+        runner, port = await start_site(create_mock(defaults=defaults), mock_host, mock_port)
+        runners.append(runner)
+        print(f"mock providers on http://{mock_host}:{port}  (stats: /_mock/stats)", flush=True)
+    if args.command in ("serve", "demo"):
+        settings = load(args.config, server__combo=args.combo, server__host=args.host, server__port=args.port)
+        runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port)
+        runners.append(runner)
+        combo = settings.server.combo or "all four combinations"
+        print(f"relay on http://{settings.server.host}:{port}/  ({combo}; upstreams: "
+              f"{', '.join(settings.upstreams)})", flush=True)
+        if args.command == "demo":
+            print(f"demo page: http://{settings.server.host}:{port}/   Ctrl-C stops everything.", flush=True)
+    await run_until_stopped(*runners)
+    return 0

@@ -1,0 +1,153 @@
+"""Configuration: a TOML file, overridden by MATRIX_<SECTION>__<KEY> environment variables.
+
+Secrets may be written as "${ENV_NAME}" and are resolved from the environment at load
+time; they are held as SecretStr so they never print, log or serialise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+COMBOS = ("sse-sse", "sse-ws", "ws-sse", "ws-ws")
+TRANSPORT_OF_KIND = {"spark": "ws", "baidu-agent": "sse", "openai": "sse"}
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _resolve_env(value: Any) -> Any:
+    """Replace a whole-string "${NAME}" by the environment variable NAME."""
+    if isinstance(value, str) and (match := _ENV_REF.match(value)):
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    combo: Literal["", "sse-sse", "sse-ws", "ws-sse", "ws-ws"] = ""
+    default_upstream: str = "spark"
+    max_body_bytes: int = Field(64 * 1024, gt=0)
+    max_ws_frame_bytes: int = Field(64 * 1024, gt=0)
+    drain_timeout_s: float = Field(10.0, ge=0)
+
+
+class StreamConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queue_size: int = Field(256, gt=0)
+    heartbeat_s: float = Field(15.0, gt=0)
+    upstream_idle_timeout_s: float = Field(60.0, gt=0)
+    upstream_connect_timeout_s: float = Field(10.0, gt=0)
+    disconnect_grace_s: float = Field(5.0, ge=0)
+    replay_ttl_s: float = Field(300.0, ge=0)
+    replay_max_events: int = Field(100_000, gt=0)
+    send_timeout_s: float = Field(30.0, gt=0)
+    retry_attempts: int = Field(3, ge=1)
+    retry_budget_s: float = Field(10.0, ge=0)
+    retry_backoff_s: float = Field(0.2, ge=0)
+
+
+class UpstreamConfig(BaseModel):
+    """One provider endpoint. Fields not used by a kind are ignored by it."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["spark", "baidu-agent", "openai"]
+    url: str
+    domain: str = "generalv3.5"
+    model: str = "gpt-4o-mini"
+    app_id: str = ""
+    api_key: SecretStr = SecretStr("")
+    api_secret: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+
+    _resolve = field_validator("*", mode="before")(classmethod(lambda cls, v: _resolve_env(v)))
+
+    @property
+    def transport(self) -> str:
+        return TRANSPORT_OF_KIND[self.kind]
+
+    def public(self, name: str) -> dict:
+        """What `GET /v1/upstreams` shows: no secrets, no query string."""
+        return {"name": name, "kind": self.kind, "transport": self.transport, "url": self.url.split("?")[0]}
+
+
+def default_upstreams(mock_base: str = "127.0.0.1:9100") -> dict[str, dict]:
+    return {
+        "spark": {"kind": "spark", "url": f"ws://{mock_base}/v3.5/chat", "domain": "generalv3.5",
+                  "app_id": "mock-app", "api_key": "mock-key", "api_secret": "mock-secret"},
+        "baidu": {"kind": "baidu-agent", "url": f"http://{mock_base}/assistant/conversation",
+                  "app_id": "mock-agent", "secret_key": "mock-secret"},
+        "openai": {"kind": "openai", "url": f"http://{mock_base}/v1/chat/completions",
+                   "api_key": "mock-key", "model": "qwen-plus"},
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MATRIX_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerConfig = ServerConfig()
+    stream: StreamConfig = StreamConfig()
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=lambda: default_upstreams())
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if not self.upstreams:
+            raise ValueError("at least one upstream must be configured")
+        if self.server.default_upstream not in self.upstreams:
+            raise ValueError(f"server.default_upstream {self.server.default_upstream!r} is not configured")
+        if self.server.combo and not any(u.transport == self.upstream_transport for u in self.upstreams.values()):
+            raise ValueError(f"combo {self.server.combo}: no configured upstream speaks {self.upstream_transport}")
+        return self
+
+    @property
+    def downstream_transport(self) -> str | None:
+        return self.server.combo.split("-")[0] if self.server.combo else None
+
+    @property
+    def upstream_transport(self) -> str | None:
+        return self.server.combo.split("-")[1] if self.server.combo else None
+
+    def default_upstream(self) -> str:
+        """The configured default, or with a pinned combo the first upstream of its transport."""
+        want = self.upstream_transport
+        if want is None or self.upstreams[self.server.default_upstream].transport == want:
+            return self.server.default_upstream
+        return next(name for name, up in self.upstreams.items() if up.transport == want)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs), as the contract says.
+        return env_settings, init_settings
+
+
+def load(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load `path`, else ./matrix.toml, else built-in defaults pointing at the bundled mocks."""
+    data: dict[str, Any] = {}
+    if path is None and Path("matrix.toml").exists():
+        path = "matrix.toml"
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for dotted, value in overrides.items():  # e.g. server__port=0, from the command line
+        if value is None:
+            continue
+        section, key = dotted.split("__")
+        data.setdefault(section, {})[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc

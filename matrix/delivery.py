@@ -1,0 +1,49 @@
+"""Delivering a stream to one client connection: heartbeats when idle, giving up on a stuck reader.
+
+One watchdog per client connection, ticking a few times per period, costs nothing per
+token: writers only bump a counter. It sends a keep-alive after `heartbeat_s` of silence
+(proxies and load balancers cut idle connections, often at 60 s, and a slow reasoning
+model can be silent that long before its first token), and aborts a connection whose
+write has made no progress for `send_timeout_s` (a client that stopped reading must not
+hold the relay's memory or the provider's meter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+
+class Watchdog:
+    __slots__ = ("writes", "writing", "_ping", "_abort", "_heartbeat_s", "_send_timeout_s")
+
+    def __init__(self, *, ping: Callable[[], Awaitable[object]] | None, abort: Callable[[], None],
+                 heartbeat_s: float, send_timeout_s: float) -> None:
+        self.writes = 0  # bumped after every completed write
+        self.writing = False  # True while a write is waiting for the client to take it
+        self._ping = ping
+        self._abort = abort
+        self._heartbeat_s = heartbeat_s
+        self._send_timeout_s = send_timeout_s
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(self._heartbeat_s if self._ping else self._send_timeout_s, self._send_timeout_s)
+        tick = period / 4
+        seen, quiet_since = self.writes, loop.time()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            if self.writes != seen:
+                seen, quiet_since = self.writes, now
+            elif self.writing:
+                if now - quiet_since >= self._send_timeout_s:
+                    self._abort()
+                    return
+            elif self._ping is not None and now - quiet_since >= self._heartbeat_s:
+                try:
+                    await asyncio.wait_for(self._ping(), self._send_timeout_s)
+                except (asyncio.TimeoutError, ConnectionError):
+                    self._abort()
+                    return
+                seen, quiet_since = self.writes, loop.time()

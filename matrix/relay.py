@@ -1,0 +1,178 @@
+"""The relay: starts streams, pumps each provider's items into its Stream, stops them.
+
+Each stream has one upstream pump task, owned here rather than by the client's request,
+so that a client which drops can resume while the provider keeps going for
+`disconnect_grace_s`. Downstream handlers follow a stream as readers; when the last
+reader leaves an unfinished stream the grace timer starts, and when it fires (or on an
+explicit stop) the pump is cancelled, which closes the provider connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+from .config import Settings
+from .errors import MatrixError, RequestError, ShuttingDown, StreamNotFound, UpstreamError, UpstreamProtocolError
+from .request import ChatRequest
+from .stream import Stream
+from .upstream import Finish, Upstream
+
+log = logging.getLogger("matrix.relay")
+
+
+class Relay:
+    def __init__(self, settings: Settings, upstreams: dict[str, Upstream]) -> None:
+        self.settings = settings
+        self.upstreams = upstreams
+        self.streams: dict[str, Stream] = {}
+        self._pumps: dict[str, asyncio.Task] = {}
+        self._readers: dict[str, int] = {}
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._stopping = False
+
+    # -- starting and stopping --------------------------------------------------------
+
+    def start(self, chat: ChatRequest, downstream: str) -> Stream:
+        """Create the stream and start its upstream pump; refuse before anything runs."""
+        if self._stopping:
+            raise ShuttingDown("the relay is shutting down")
+        name = chat.upstream or self.settings.default_upstream()
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            raise RequestError(f"unknown upstream {name!r}; configured: {', '.join(self.upstreams)}",
+                               code="unknown_upstream", status=404)
+        pinned = self.settings.upstream_transport
+        if pinned and upstream.transport != pinned:
+            raise RequestError(f"upstream {name!r} speaks {upstream.transport}, but this relay is pinned "
+                               f"to {self.settings.server.combo}", code="combo_pinned", status=409)
+        stream_id = chat.stream_id or uuid.uuid4().hex
+        if stream_id in self.streams:
+            raise RequestError(f"stream {stream_id!r} already exists", code="stream_exists", status=409)
+        cfg = self.settings.stream
+        stream = Stream(stream_id, name, f"{downstream}-{upstream.transport}",
+                        merge_at=cfg.queue_size, max_events=cfg.replay_max_events)
+        self.streams[stream_id] = stream
+        self._readers[stream_id] = 0
+        self._pumps[stream_id] = asyncio.get_running_loop().create_task(
+            self._pump(stream, upstream, chat), name=f"pump-{stream_id}")
+        return stream
+
+    def get(self, stream_id: str) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise StreamNotFound(f"no stream {stream_id!r} (unknown, or expired after replay_ttl_s)")
+        return stream
+
+    def cancel(self, stream_id: str) -> Stream:
+        """An explicit stop: close the provider connection now; readers get done/cancelled."""
+        stream = self.get(stream_id)
+        self._stop_pump(stream_id)
+        return stream
+
+    def _stop_pump(self, stream_id: str) -> None:
+        pump = self._pumps.get(stream_id)
+        if pump is not None and not pump.done():
+            pump.cancel()
+
+    # -- readers and disconnect grace -------------------------------------------------
+
+    @contextmanager
+    def reader(self, stream: Stream) -> Iterator[Stream]:
+        """Hold the stream while a client follows it; on leaving, start the grace timer."""
+        sid = stream.id
+        self._readers[sid] = self._readers.get(sid, 0) + 1
+        if (timer := self._grace.pop(sid, None)) is not None:
+            timer.cancel()
+        try:
+            yield stream
+        finally:
+            self._readers[sid] -= 1
+            if self._readers[sid] == 0 and not stream.finished and sid in self._pumps:
+                grace = self.settings.stream.disconnect_grace_s
+                if grace <= 0:
+                    self._stop_pump(sid)
+                else:
+                    self._grace[sid] = asyncio.get_running_loop().call_later(grace, self._stop_pump, sid)
+
+    # -- the pump ---------------------------------------------------------------------
+
+    async def _pump(self, stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
+        try:
+            await self._relay_with_retries(stream, upstream, chat)
+        except asyncio.CancelledError:
+            if self._stopping:
+                stream.fail(ShuttingDown("the relay shut down before the answer finished"))
+            else:
+                stream.finish("cancelled")
+            raise
+        except MatrixError as exc:
+            stream.fail(exc)
+        except Exception as exc:  # a bug: the client still gets a terminal event
+            log.exception("stream %s: internal error", stream.id)
+            stream.fail(MatrixError(f"internal error: {type(exc).__name__}"))
+        finally:
+            self._pumps.pop(stream.id, None)
+            if (timer := self._grace.pop(stream.id, None)) is not None:
+                timer.cancel()
+            self._expiry[stream.id] = asyncio.get_running_loop().call_later(
+                self.settings.stream.replay_ttl_s, self._expire, stream.id)
+
+    async def _relay_with_retries(self, stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
+        cfg = self.settings.stream
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.retry_budget_s
+        for attempt in range(1, cfg.retry_attempts + 1):
+            try:
+                await self._relay_once(stream, upstream, chat)
+                return
+            except UpstreamError as exc:
+                # Retry only before the first token: after that the client already holds text.
+                backoff = cfg.retry_backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                if (not exc.retryable or stream.has_text or attempt == cfg.retry_attempts
+                        or loop.time() + backoff > deadline):
+                    raise
+                log.info("stream %s: %s, retry %d in %.2fs", stream.id, exc.code, attempt, backoff)
+                await asyncio.sleep(backoff)
+
+    @staticmethod
+    async def _relay_once(stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
+        push = stream.push
+        async with upstream.open(chat) as items:
+            async for item in items:
+                if item.__class__ is str:
+                    push(item)
+                else:
+                    assert isinstance(item, Finish)
+                    stream.finish(item.reason, item.usage)
+                    return
+        raise UpstreamProtocolError(f"{upstream.name}: the provider stream ended without its end marker")
+
+    def _expire(self, stream_id: str) -> None:
+        self._expiry.pop(stream_id, None)
+        self.streams.pop(stream_id, None)
+        self._readers.pop(stream_id, None)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    async def aclose(self, drain_timeout: float = 0) -> None:
+        """Stop accepting, let live streams finish for `drain_timeout`, end the rest, close upstreams."""
+        self._stopping = True
+        pumps = list(self._pumps.values())
+        if pumps and drain_timeout > 0:
+            await asyncio.wait(pumps, timeout=drain_timeout)
+        for pump in list(self._pumps.values()):
+            pump.cancel()
+        if pumps:
+            await asyncio.gather(*pumps, return_exceptions=True)
+        for timer in [*self._grace.values(), *self._expiry.values()]:
+            timer.cancel()
+        self._grace.clear()
+        self._expiry.clear()
+        for upstream in self.upstreams.values():
+            await upstream.aclose()

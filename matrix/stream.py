@@ -1,0 +1,131 @@
+"""One relayed answer: the numbered event log that every reader of the stream follows.
+
+This is the channel between the upstream pump and the downstream pumps. The writer
+(the upstream pump) never blocks and never drops text: pieces it pushes wait, unnumbered,
+until a reader asks for more, and are then committed as *one* `delta`. A fast reader
+thus sees one delta per provider token; a slow reader sees fewer, larger deltas, and the
+memory a stream holds is its answer text plus the bounded replay log, whatever the
+reader's speed. Readers name the last `seq` they have, so the same log serves the
+first connection, a resume after a drop, and several readers at once, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from .errors import MatrixError, ResumeGap
+from .events import Delta, Done, Error, Event, Start
+
+
+class Stream:
+    def __init__(self, stream_id: str, upstream: str, combo: str, *,
+                 merge_at: int = 256, max_events: int = 100_000) -> None:
+        self.id = stream_id
+        self.upstream = upstream
+        self.combo = combo
+        self._merge_at = merge_at
+        self._max_events = max_events
+        self._events: list[Event] = [Start(stream_id, 0, upstream, combo)]
+        self._first_seq = 0  # seq of self._events[0]; rises when old events are trimmed
+        self._next_seq = 1
+        self._pending: list[str] = []
+        self._terminal: Event | None = None
+        self._waiters: list[asyncio.Future] = []
+        self.has_text = False  # text came from the provider: a retry could duplicate it
+        self.usage: dict[str, int] | None = None
+
+    # -- writer side (the upstream pump) --------------------------------------------
+
+    def push(self, text: str) -> None:
+        if not text or self._terminal is not None:
+            return
+        self.has_text = True
+        pending = self._pending
+        pending.append(text)
+        if len(pending) > self._merge_at:  # keep a long backlog one string, not 10^5 objects
+            self._pending = ["".join(pending)]
+        if self._waiters:
+            self._wake()
+
+    def finish(self, reason: str, usage: dict[str, int] | None = None) -> None:
+        if self._terminal is None:
+            self.usage = usage or self.usage
+            self._end(Done(self.id, 0, reason, self.usage))
+
+    def fail(self, exc: MatrixError) -> None:
+        if self._terminal is None:
+            self._end(Error(self.id, 0, exc.code, exc.message, exc.retryable, exc.upstream_code))
+
+    def _end(self, event: Event) -> None:
+        self._commit_pending()
+        # Number the terminal event here, once, so every reader sees the same seq.
+        self._terminal = type(event)(**{**_fields(event), "seq": self._next_seq})
+        self._append(self._terminal)
+        self._wake()
+
+    # -- reader side (downstream pumps) ---------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self._terminal is not None
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    def read(self, after: int) -> list[Event]:
+        """Every event with seq > after, committing waiting text as one delta first."""
+        if self._pending:
+            self._commit_pending()
+        start = after + 1 - self._first_seq
+        if start < 0:
+            raise ResumeGap(f"stream {self.id}: events after seq {after} are no longer buffered "
+                            f"(oldest is {self._first_seq})")
+        return self._events[start:] if start < len(self._events) else []
+
+    async def follow(self, after: int = -1) -> AsyncIterator[list[Event]]:
+        """Batches of events after `after`, as they come, ending with the terminal event."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self.read(after)
+            if batch:
+                yield batch
+                if batch[-1] is self._terminal:
+                    return
+                after = batch[-1].seq
+                continue
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():  # cancelled while waiting: leave no stale waiter behind
+                    self._waiters.remove(waiter)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _commit_pending(self) -> None:
+        if not self._pending:
+            return
+        text = self._pending[0] if len(self._pending) == 1 else "".join(self._pending)
+        self._pending = []
+        self._append(Delta(self.id, self._next_seq, text))
+
+    def _append(self, event: Event) -> None:
+        self._events.append(event)
+        self._next_seq += 1
+        if len(self._events) > self._max_events:  # bounded replay: the oldest go first
+            drop = len(self._events) - self._max_events
+            del self._events[:drop]
+            self._first_seq += drop
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _fields(event: Event) -> dict:
+    return {name: getattr(event, name) for name in event.__slots__ if name != "type"}

@@ -1,0 +1,34 @@
+"""The upstream seam: what a provider transport hands the relay.
+
+`Upstream.open(chat)` is an async context manager that connects (handshake included)
+and yields an async iterator of items: a `str` is a piece of answer text, a `Finish`
+ends the answer. Provider failures raise `UpstreamError`; leaving the context closes the
+provider connection on every exit path.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol, Union
+
+from .request import ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str = "stop"
+    usage: dict[str, int] | None = None
+
+
+Item = Union[str, Finish]
+
+
+class Upstream(Protocol):
+    name: str
+    kind: str
+    transport: str  # "sse" or "ws"
+
+    def open(self, chat: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[Item]]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,101 @@
+"""SSE upstream transport: POST with aiohttp, decode the event stream, hand frames to a dialect.
+
+aiohttp rather than httpx on this hot path: on this machine class an httpx + httpx-sse
+upstream cost up to 3x the CPU per token and saturated a core at 200 streams
+(research/performance.md §2.7). One pooled session per relay keeps connections warm, so
+a new stream to the same provider skips the TCP (and TLS) handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager, suppress
+from typing import AsyncIterator
+
+import aiohttp
+
+from matrix.config import StreamConfig, UpstreamConfig
+from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from matrix.request import ChatRequest
+from matrix.sse import Decoder
+from matrix.upstream import Item
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+class SSEUpstream:
+    transport = "sse"
+
+    def __init__(self, name: str, config: UpstreamConfig, dialect_cls, stream_config: StreamConfig) -> None:
+        self.name = name
+        self.kind = config.kind
+        self.config = config
+        self._dialect_cls = dialect_cls
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=stream_config.upstream_connect_timeout_s,
+                                              sock_read=stream_config.upstream_idle_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30), auto_decompress=True)
+        return self._session
+
+    @asynccontextmanager
+    async def open(self, chat: ChatRequest) -> AsyncIterator[AsyncIterator[Item]]:
+        dialect = self._dialect_cls(self.config)
+        url, headers, body = dialect.http_request(chat)
+        try:
+            response = await self._client().post(url, data=body, headers=headers, timeout=self._timeout)
+        except asyncio.TimeoutError as exc:
+            raise UpstreamUnavailable(f"{self.name}: connect timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from exc
+        items = None
+        finished: list[bool] = []
+        try:
+            if response.status != 200 or not response.content_type.startswith("text/event-stream"):
+                raise dialect.http_error(response.status, await _read_bounded(response))
+            items = self._items(response, dialect, finished)
+            yield items
+            if finished:  # the answer is complete: read the few bytes left so the connection is reused
+                with suppress(asyncio.TimeoutError, aiohttp.ClientError):
+                    await asyncio.wait_for(response.content.read(), timeout=1.0)
+        finally:
+            if items is not None:
+                await items.aclose()
+            if response.content.at_eof() and response.status == 200:
+                response.release()  # fully read: the connection goes back to the pool
+            else:
+                response.close()  # stopped early: close so the provider stops generating
+
+    async def _items(self, response: aiohttp.ClientResponse, dialect, finished: list[bool]) -> AsyncIterator[Item]:
+        decoder = Decoder()
+        parse = dialect.parse
+        try:
+            async for chunk in response.content.iter_any():
+                for event in decoder.feed(chunk):
+                    for item in parse(event.event, event.data):
+                        if item.__class__ is not str:
+                            finished.append(True)
+                        yield item
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(f"{self.name}: no data for {self._timeout.sock_read:g}s") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamProtocolError(f"{self.name}: the provider broke off the response body") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamProtocolError(f"{self.name}: connection lost: {type(exc).__name__}") from exc
+        for item in dialect.eof():
+            yield item
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await asyncio.wait_for(response.content.read(MAX_ERROR_BODY), timeout=5.0)
+    except (asyncio.TimeoutError, aiohttp.ClientError):
+        return b""

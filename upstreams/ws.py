@@ -1,0 +1,79 @@
+"""WebSocket upstream transport: connect with `websockets`, send the request frame, read frames.
+
+Compression is off (permessage-deflate costs 1.2-1.6x CPU and 3x memory per stream on
+this hop, research/performance.md); the provider's frames are small JSON text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import websockets
+from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
+
+from matrix.config import StreamConfig, UpstreamConfig
+from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from matrix.request import ChatRequest
+from matrix.upstream import Item
+
+
+class WSUpstream:
+    transport = "ws"
+
+    def __init__(self, name: str, config: UpstreamConfig, dialect_cls, stream_config: StreamConfig) -> None:
+        self.name = name
+        self.kind = config.kind
+        self.config = config
+        self._dialect_cls = dialect_cls
+        self._connect_timeout = stream_config.upstream_connect_timeout_s
+        self._idle_timeout = stream_config.upstream_idle_timeout_s
+
+    @asynccontextmanager
+    async def open(self, chat: ChatRequest) -> AsyncIterator[AsyncIterator[Item]]:
+        dialect = self._dialect_cls(self.config)
+        try:
+            ws = await websockets.connect(dialect.ws_url(), open_timeout=self._connect_timeout,
+                                          compression=None, max_size=4 * 2**20, ping_interval=None,
+                                          close_timeout=1.0, user_agent_header=None)
+        except InvalidStatus as exc:
+            raise dialect.handshake_error(exc.response.status_code, exc.response.body or b"") from exc
+        except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
+            # Never put the signed URL in the message: its signature stays valid for minutes.
+            raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from exc
+        items = None
+        try:
+            await ws.send(dialect.ws_request(chat))
+            items = self._items(ws, dialect)
+            yield items
+        except ConnectionClosedError as exc:
+            raise UpstreamProtocolError(f"{self.name}: connection closed before the request was sent") from exc
+        finally:
+            if items is not None:
+                await items.aclose()
+            await ws.close()
+
+    async def _items(self, ws, dialect) -> AsyncIterator[Item]:
+        loop = asyncio.get_running_loop()
+        parse = dialect.parse
+        idle = self._idle_timeout
+        try:
+            async with asyncio.timeout(idle) as timer:
+                async for message in ws:
+                    timer.reschedule(loop.time() + idle)
+                    for item in parse(message):
+                        yield item
+                        if item.__class__ is not str:
+                            return
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{self.name}: no data for {idle:g}s") from exc
+        except ConnectionClosedError as exc:
+            code = exc.rcvd.code if exc.rcvd else 1006
+            raise UpstreamProtocolError(f"{self.name}: connection closed abnormally ({code}) "
+                                        f"before the last frame") from exc
+        for item in dialect.eof():
+            yield item
+
+    async def aclose(self) -> None:
+        return None
