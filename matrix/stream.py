@@ -99,9 +99,10 @@ class Stream:
             self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
-                if not waiter.done():  # cancelled while waiting: leave no stale waiter behind
+            except asyncio.CancelledError:
+                if waiter in self._waiters:  # leave no stale waiter behind
                     self._waiters.remove(waiter)
+                raise
 
     # -- internals -------------------------------------------------------------------
 

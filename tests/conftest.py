@@ -1,0 +1,48 @@
+"""Shared fixtures: the mock providers and the relay, each a real aiohttp server on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import pytest
+
+from matrix.app import create_app
+from matrix.config import ServerConfig, Settings, StreamConfig, default_upstreams
+from mock_ai.app import create_app as create_mock
+
+# Tests default to no disconnect grace, so a stop is visible at once; grace tests set it.
+TEST_STREAM = {"disconnect_grace_s": 0, "heartbeat_s": 5, "upstream_idle_timeout_s": 10,
+               "retry_backoff_s": 0.01, "replay_ttl_s": 30}
+
+
+@pytest.fixture
+async def mock(aiohttp_server):
+    return await aiohttp_server(create_mock())
+
+
+@pytest.fixture
+def make_relay(aiohttp_server, mock):
+    """Start a relay on the mock with stream/server settings overridden per test."""
+    async def make(server: dict | None = None, **stream):
+        settings = Settings(server=ServerConfig(**(server or {})),
+                            stream=StreamConfig(**{**TEST_STREAM, **stream}),
+                            upstreams=default_upstreams(f"127.0.0.1:{mock.port}"))
+        return await aiohttp_server(create_app(settings))
+    return make
+
+
+@pytest.fixture
+async def relay(make_relay):
+    return await make_relay()
+
+
+def base_url(server) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def relay_url(relay) -> str:
+    return base_url(relay)
+
+
+@pytest.fixture
+def mock_url(mock) -> str:
+    return base_url(mock)
