@@ -55,9 +55,9 @@ class BaiduAgentDialect:
     def http_error(self, status: int, body: bytes) -> UpstreamError:
         try:
             frame = orjson.loads(body)
-            if status == 200 or frame.get("status"):
+            if status == 200:  # an error as a plain JSON body instead of an event stream
                 return error_from_body(frame)
-            return from_http_status(status, str(frame.get("message")))
+            return from_http_status(status, str(frame.get("message")), str(frame.get("status") or status))
         except (orjson.JSONDecodeError, AttributeError):
             return from_http_status(status, body[:200].decode("utf-8", "replace"))
 

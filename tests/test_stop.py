@@ -1,0 +1,110 @@
+"""Stop: a WS cancel, POST /v1/streams/{id}/cancel, or a vanished client closes the provider connection fast."""
+
+import asyncio
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+import websockets
+from httpx_sse import aconnect_sse
+
+from clients import TIMEOUT, assert_well_formed, chat_body
+
+UPSTREAMS = {"spark": "ws", "baidu": "sse", "openai": "sse"}
+HOWS = {"sse": ("http_cancel", "disconnect"), "ws": ("ws_cancel", "http_cancel", "disconnect")}
+CASES = [(down, up, how) for down in HOWS for up in UPSTREAMS for how in HOWS[down]]
+STOP_BUDGET_S = 0.1
+
+
+async def provider_connection(mock_url: str, tag: str, *, ended: bool) -> dict:
+    """Poll the mock's stats until the tagged connection exists (and has ended, if asked)."""
+    async with httpx.AsyncClient() as client:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                stats = (await client.get(f"{mock_url}/_mock/stats", params={"tag": tag})).json()
+                conns = stats["connections"]
+                if conns and (not ended or conns[0]["outcome"] != "open"):
+                    assert len(conns) == 1
+                    return conns[0]
+                await asyncio.sleep(0.01)
+
+
+async def http_cancel(relay_url: str, stream_id: str) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{relay_url}/v1/streams/{stream_id}/cancel")
+    assert response.status_code == 200 and response.json()["stream_id"] == stream_id
+
+
+async def run_sse(relay_url, body, how, stopped):
+    events = []
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        async with aconnect_sse(client, "POST", f"{relay_url}/v1/chat/sse", json=body) as source:
+            async for sse in source.aiter_sse():
+                events.append(json.loads(sse.data))
+                if len(events) == 4 and not stopped:
+                    stopped.append(time.monotonic())
+                    if how == "disconnect":
+                        return events  # leaving the block closes the connection
+                    await http_cancel(relay_url, body["stream_id"])
+    return events
+
+
+async def run_ws(relay_url, body, how, stopped):
+    events = []
+    async with websockets.connect(relay_url.replace("http", "ws") + "/v1/chat/ws") as ws:
+        await ws.send(json.dumps({"type": "chat", **body}))
+        async for frame in ws:
+            events.append(json.loads(frame))
+            if events[-1]["type"] in ("done", "error"):
+                break
+            if len(events) == 4 and not stopped:
+                stopped.append(time.monotonic())
+                if how == "disconnect":
+                    return events
+                if how == "ws_cancel":
+                    await ws.send(json.dumps({"type": "cancel", "stream_id": body["stream_id"]}))
+                else:
+                    await http_cancel(relay_url, body["stream_id"])
+    return events
+
+
+@pytest.mark.parametrize("down,up,how", CASES, ids=[f"{d}-{UPSTREAMS[u]}-{u}-{h}" for d, u, h in CASES])
+async def test_stop_closes_provider_connection(relay_url, mock_url, down, up, how):
+    """The provider connection closes within 100 ms of the stop; the asking client gets done/cancelled."""
+    tag = uuid.uuid4().hex[:10]
+    body = {**chat_body(f"stop me\n#mock tokens=500 interval_ms=10 tag={tag}", up), "stream_id": tag}
+    stopped: list[float] = []
+    async with asyncio.timeout(TIMEOUT):
+        events = await (run_sse if down == "sse" else run_ws)(relay_url, body, how, stopped)
+    conn = await provider_connection(mock_url, tag, ended=True)
+    assert conn["outcome"] == "client_closed"
+    assert conn["closed_at"] - stopped[0] < STOP_BUDGET_S, conn
+    assert conn["tokens_sent"] < 500
+    if how != "disconnect":
+        assert_well_formed(events)
+        assert events[-1]["type"] == "done" and events[-1]["reason"] == "cancelled"
+
+
+async def test_cancel_of_unknown_stream_is_404(relay_url):
+    """Cancelling a stream that does not exist answers 404 stream_not_found."""
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{relay_url}/v1/streams/nope/cancel")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "stream_not_found"
+
+
+async def test_stop_during_first_token_wait(relay_url, mock_url):
+    """A stop while the provider has not sent anything yet still closes its connection at once."""
+    tag = uuid.uuid4().hex[:10]
+    body = {**chat_body(f"slow\n#mock first_token_ms=5000 tag={tag}", "openai"), "stream_id": tag}
+    async with websockets.connect(relay_url.replace("http", "ws") + "/v1/chat/ws") as ws:
+        await ws.send(json.dumps({"type": "chat", **body}))
+        assert json.loads(await ws.recv())["type"] == "start"
+        await provider_connection(mock_url, tag, ended=False)
+        stopped = time.monotonic()
+        await ws.send(json.dumps({"type": "cancel", "stream_id": tag}))
+        end = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    assert end["type"] == "done" and end["reason"] == "cancelled"
+    conn = await provider_connection(mock_url, tag, ended=True)
+    assert conn["outcome"] == "client_closed" and conn["closed_at"] - stopped < STOP_BUDGET_S
