@@ -44,12 +44,18 @@ async def ws_events(base: str, body: dict, trace=None) -> AsyncIterator[dict]:
                 return
 
 
+def _show(hop: str, raw: str) -> None:
+    """One raw frame on stderr, dimmed, so the answer on stdout stays readable."""
+    print(f"\n\033[2m[{hop}] {raw.rstrip()}\033[0m", file=sys.stderr, flush=True)
+
+
 async def chat_command(args: argparse.Namespace) -> int:
-    body = {"messages": [{"role": "user", "content": args.prompt}], "stream_id": uuid.uuid4().hex[:12]}
+    body = {"messages": [{"role": "user", "content": args.prompt}], "stream_id": uuid.uuid4().hex[:12],
+            "trace": args.trace}
     if args.upstream:
         body["upstream"] = args.upstream
     base = args.url.rstrip("/")
-    trace = (lambda raw: print(f"\n\033[2m<< {raw}\033[0m", file=sys.stderr)) if args.trace else None
+    trace = (lambda raw: _show(f"client  <= relay   {args.downstream}", raw)) if args.trace else None
     events = sse_events(base, body, trace) if args.downstream == "sse" else ws_events(base, body, trace)
     started = time.perf_counter()
     first = None
@@ -57,7 +63,10 @@ async def chat_command(args: argparse.Namespace) -> int:
     end: dict = {}
     try:
         async for event in events:
-            if event["type"] == "start":
+            if event["type"] == "trace":
+                arrow = "relay   => provider" if event["dir"] == "out" else "relay   <= provider"
+                _show(arrow, event["data"])
+            elif event["type"] == "start":
                 print(f"[{event['combo']} via {event['upstream']}] ", end="", flush=True)
             elif event["type"] == "delta":
                 first = first or time.perf_counter()

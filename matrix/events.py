@@ -1,4 +1,4 @@
-"""The events a client sees, identical on SSE and WebSocket: start, delta, done, error."""
+"""The events a client sees, identical on SSE and WebSocket: start, delta, done, error (and trace)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,18 @@ class Error:
     type: Literal["error"] = field(default="error", init=False)
 
 
-Event = Union[Start, Delta, Done, Error]
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """A raw provider frame, for learners (`"trace": true` in the request): `dir` is in or out."""
+
+    stream_id: str
+    seq: int
+    dir: Literal["in", "out"]
+    data: str
+    type: Literal["trace"] = field(default="trace", init=False)
+
+
+Event = Union[Start, Delta, Done, Error, Trace]
 TERMINAL = (Done, Error)
 
 
@@ -72,4 +83,4 @@ def decode(data: str | bytes) -> Event:
     return _CLASSES[kind](**body)
 
 
-_CLASSES = {"start": Start, "delta": Delta, "done": Done, "error": Error}
+_CLASSES = {"start": Start, "delta": Delta, "done": Done, "error": Error, "trace": Trace}

@@ -143,7 +143,7 @@ class Relay:
     @staticmethod
     async def _relay_once(stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
         push = stream.push
-        async with upstream.open(chat) as items:
+        async with upstream.open(chat, stream.trace if chat.trace else None) as items:
             async for item in items:
                 if item.__class__ is str:
                     push(item)

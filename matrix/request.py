@@ -34,6 +34,7 @@ class ChatRequest(BaseModel):
     upstream: str | None = Field(None, max_length=64)
     stream_id: str | None = Field(None, pattern=STREAM_ID_PATTERN)
     params: Params = Params()
+    trace: bool = False  # also stream the raw provider frames, as `trace` events
 
     @property
     def last_user_text(self) -> str:

@@ -15,7 +15,7 @@ import asyncio
 from typing import AsyncIterator
 
 from .errors import MatrixError, ResumeGap
-from .events import Delta, Done, Error, Event, Start
+from .events import Delta, Done, Error, Event, Start, Trace
 
 
 class Stream:
@@ -46,6 +46,13 @@ class Stream:
         if len(pending) > self._merge_at:  # keep a long backlog one string, not 10^5 objects
             self._pending = ["".join(pending)]
         if self._waiters:
+            self._wake()
+
+    def trace(self, direction: str, data: str) -> None:
+        """Log a raw provider frame in order with the text it carries (opt-in, for learners)."""
+        if self._terminal is None:
+            self._commit_pending()
+            self._append(Trace(self.id, self._next_seq, direction, data))  # type: ignore[arg-type]
             self._wake()
 
     def finish(self, reason: str, usage: dict[str, int] | None = None) -> None:

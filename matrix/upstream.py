@@ -1,16 +1,17 @@
 """The upstream seam: what a provider transport hands the relay.
 
-`Upstream.open(chat)` is an async context manager that connects (handshake included)
+`Upstream.open(chat, tap)` is an async context manager that connects (handshake included)
 and yields an async iterator of items: a `str` is a piece of answer text, a `Finish`
 ends the answer. Provider failures raise `UpstreamError`; leaving the context closes the
-provider connection on every exit path.
+provider connection on every exit path. `tap`, when given, is called with ("out", frame)
+for what is sent and ("in", raw) for what is received, for tracing.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol, Union
+from typing import AsyncIterator, Callable, Protocol, Union
 
 from .request import ChatRequest
 
@@ -22,6 +23,7 @@ class Finish:
 
 
 Item = Union[str, Finish]
+Tap = Callable[[str, str], None]
 
 
 class Upstream(Protocol):
@@ -29,6 +31,6 @@ class Upstream(Protocol):
     kind: str
     transport: str  # "sse" or "ws"
 
-    def open(self, chat: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[Item]]: ...
+    def open(self, chat: ChatRequest, tap: Tap | None = None) -> AbstractAsyncContextManager[AsyncIterator[Item]]: ...
 
     async def aclose(self) -> None: ...

@@ -18,7 +18,7 @@ from matrix.config import StreamConfig, UpstreamConfig
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from matrix.request import ChatRequest
 from matrix.sse import Decoder
-from matrix.upstream import Item
+from matrix.upstream import Item, Tap
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -42,9 +42,11 @@ class SSEUpstream:
         return self._session
 
     @asynccontextmanager
-    async def open(self, chat: ChatRequest) -> AsyncIterator[AsyncIterator[Item]]:
+    async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Item]]:
         dialect = self._dialect_cls(self.config)
         url, headers, body = dialect.http_request(chat)
+        if tap:
+            tap("out", f"POST {url.split('?')[0]}\n\n{body.decode()}")  # no query: it may hold a key
         try:
             response = await self._client().post(url, data=body, headers=headers, timeout=self._timeout)
         except asyncio.TimeoutError as exc:
@@ -56,7 +58,7 @@ class SSEUpstream:
         try:
             if response.status != 200 or not response.content_type.startswith("text/event-stream"):
                 raise dialect.http_error(response.status, await _read_bounded(response))
-            items = self._items(response, dialect, finished)
+            items = self._items(response, dialect, finished, tap)
             yield items
             if finished:  # the answer is complete: read the few bytes left so the connection is reused
                 with suppress(asyncio.TimeoutError, aiohttp.ClientError):
@@ -69,11 +71,14 @@ class SSEUpstream:
             else:
                 response.close()  # stopped early: close so the provider stops generating
 
-    async def _items(self, response: aiohttp.ClientResponse, dialect, finished: list[bool]) -> AsyncIterator[Item]:
+    async def _items(self, response: aiohttp.ClientResponse, dialect, finished: list[bool],
+                     tap: Tap | None) -> AsyncIterator[Item]:
         decoder = Decoder()
         parse = dialect.parse
         try:
             async for chunk in response.content.iter_any():
+                if tap:  # each network read as it came, splits included
+                    tap("in", chunk.decode("utf-8", "backslashreplace"))
                 for event in decoder.feed(chunk):
                     for item in parse(event.event, event.data):
                         if item.__class__ is not str:

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidHandshake, Inval
 from matrix.config import StreamConfig, UpstreamConfig
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from matrix.request import ChatRequest
-from matrix.upstream import Item
+from matrix.upstream import Item, Tap
 
 
 class WSUpstream:
@@ -31,7 +31,7 @@ class WSUpstream:
         self._idle_timeout = stream_config.upstream_idle_timeout_s
 
     @asynccontextmanager
-    async def open(self, chat: ChatRequest) -> AsyncIterator[AsyncIterator[Item]]:
+    async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Item]]:
         dialect = self._dialect_cls(self.config)
         try:
             ws = await websockets.connect(dialect.ws_url(), open_timeout=self._connect_timeout,
@@ -44,8 +44,11 @@ class WSUpstream:
             raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from exc
         items = None
         try:
-            await ws.send(dialect.ws_request(chat))
-            items = self._items(ws, dialect)
+            request = dialect.ws_request(chat)
+            if tap:
+                tap("out", request)
+            await ws.send(request)
+            items = self._items(ws, dialect, tap)
             yield items
         except ConnectionClosedError as exc:
             raise UpstreamProtocolError(f"{self.name}: connection closed before the request was sent") from exc
@@ -54,7 +57,7 @@ class WSUpstream:
                 await items.aclose()
             await ws.close()
 
-    async def _items(self, ws, dialect) -> AsyncIterator[Item]:
+    async def _items(self, ws, dialect, tap: Tap | None) -> AsyncIterator[Item]:
         loop = asyncio.get_running_loop()
         parse = dialect.parse
         idle = self._idle_timeout
@@ -62,6 +65,8 @@ class WSUpstream:
             async with asyncio.timeout(idle) as timer:
                 async for message in ws:
                     timer.reschedule(loop.time() + idle)
+                    if tap:
+                        tap("in", message if isinstance(message, str) else message.decode("utf-8", "replace"))
                     for item in parse(message):
                         yield item
                         if item.__class__ is not str:
