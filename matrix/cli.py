@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
-from .config import COMBOS, load
+from .config import COMBOS, default_upstreams, load
 from .errors import ConfigError
 
 EPILOG = """combinations (downstream-upstream): sse-sse, sse-ws, ws-sse, ws-ws.
@@ -103,7 +104,11 @@ async def _serve(args: argparse.Namespace) -> int:
         runners.append(runner)
         print(f"mock providers on http://{mock_host}:{port}  (stats: /_mock/stats)", flush=True)
     if args.command in ("serve", "demo"):
-        settings = load(args.config, server__combo=args.combo, server__host=args.host, server__port=args.port)
+        # `matrix demo` without a config file points the relay at the mock it just started.
+        upstreams = default_upstreams(f"127.0.0.1:{port}") if args.command == "demo" and \
+            args.config is None and not Path("matrix.toml").exists() else None
+        settings = load(args.config, server__combo=args.combo, server__host=args.host, server__port=args.port,
+                        upstreams=upstreams)
         runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port)
         runners.append(runner)
         combo = settings.server.combo or "all four combinations"

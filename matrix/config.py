@@ -142,11 +142,14 @@ def load(path: str | Path | None = None, **overrides: Any) -> Settings:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    for dotted, value in overrides.items():  # e.g. server__port=0, from the command line
+    for dotted, value in overrides.items():  # e.g. server__port=0 from the command line
         if value is None:
             continue
-        section, key = dotted.split("__")
-        data.setdefault(section, {})[key] = value
+        section, _, key = dotted.partition("__")
+        if key:
+            data.setdefault(section, {})[key] = value
+        else:
+            data[section] = value
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from .errors import MatrixError, ResumeGap
+from .errors import MatrixError, RequestError, ResumeGap
 from .events import Delta, Done, Error, Event, Start, Trace
 
 
@@ -85,6 +85,9 @@ class Stream:
         """Every event with seq > after, committing waiting text as one delta first."""
         if self._pending:
             self._commit_pending()
+        if after > self.last_seq:
+            raise RequestError(f"stream {self.id} has no seq {after} yet (last is {self.last_seq})",
+                               code="invalid_seq")
         start = after + 1 - self._first_seq
         if start < 0:
             raise ResumeGap(f"stream {self.id}: events after seq {after} are no longer buffered "
@@ -102,6 +105,8 @@ class Stream:
                     return
                 after = batch[-1].seq
                 continue
+            if self._terminal is not None:  # resumed after the end: nothing more will come
+                return
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:

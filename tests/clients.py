@@ -7,7 +7,7 @@ import json
 
 import httpx
 import websockets
-from httpx_sse import aconnect_sse
+from httpx_sse import EventSource, aconnect_sse
 
 from mock_ai.script import Script
 
@@ -67,3 +67,40 @@ def assert_well_formed(events: list[dict]) -> None:
     assert [e["type"] for e in events].count("done") + [e["type"] for e in events].count("error") == 1
     assert events[-1]["type"] in ("done", "error")
     assert len({e["stream_id"] for e in events}) == 1
+
+
+async def read_some(down: str, base: str, *, body: dict | None = None, stream_id: str | None = None,
+                    after: int = -1, limit: int | None = None) -> list[dict]:
+    """Start (with `body`) or resume (`stream_id` after `after`) a stream on `down`, reading at most
+    `limit` events before dropping the connection; None reads to the end."""
+    events: list[dict] = []
+
+    def take(event: dict) -> bool:
+        events.append(event)
+        return event["type"] in ("done", "error") or (limit is not None and len(events) >= limit)
+
+    async with asyncio.timeout(TIMEOUT):
+        if down == "sse":
+            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                if body is not None:
+                    request = client.stream("POST", f"{base}/v1/chat/sse", json=body)
+                else:
+                    request = client.stream("GET", f"{base}/v1/streams/{stream_id}/events",
+                                            headers={"Last-Event-ID": str(after)})
+                async with request as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        return [{"type": "error", "http_status": response.status_code, **response.json()["error"]}]
+                    async for sse in EventSource(response).aiter_sse():
+                        if take(json.loads(sse.data)):
+                            break
+        else:
+            async with websockets.connect(base.replace("http", "ws", 1) + "/v1/chat/ws") as ws:
+                if body is not None:
+                    await ws.send(json.dumps({"type": "chat", **body}))
+                else:
+                    await ws.send(json.dumps({"type": "resume", "stream_id": stream_id, "after": after}))
+                async for frame in ws:
+                    if take(json.loads(frame)):
+                        break
+    return events
