@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from matrix import sse
-from matrix.delivery import Watchdog
+from matrix.delivery import Watchdog, limit_send_buffer
 from matrix.errors import RequestError
 from matrix.keys import RELAY
 from matrix.request import chat_request, parse_json
@@ -44,6 +44,7 @@ async def follow(request: web.Request, stream: Stream, after: int) -> web.Stream
     relay = request.app[RELAY]
     cfg = relay.settings.stream
     response = web.StreamResponse(headers=sse.HEADERS)
+    limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
     await response.prepare(request)
     watchdog = Watchdog(ping=lambda: response.write(sse.PING), abort=lambda: request.transport and request.transport.abort(),
                         heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s)

@@ -12,7 +12,7 @@ import asyncio
 
 from aiohttp import WSMsgType, web
 
-from matrix.delivery import Watchdog
+from matrix.delivery import Watchdog, limit_send_buffer
 from matrix.errors import MatrixError, RequestError
 from matrix.events import Error, encode
 from matrix.keys import RELAY
@@ -26,6 +26,7 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     server, cfg = relay.settings.server, relay.settings.stream
     # aiohttp's heartbeat sends protocol pings and closes the socket when no pong comes back.
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, compress=False, max_msg_size=server.max_ws_frame_bytes)
+    limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
     await ws.prepare(request)
     socket = Socket(relay, ws, Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
                                         heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s))

@@ -53,6 +53,7 @@ class StreamConfig(BaseModel):
     replay_ttl_s: float = Field(300.0, ge=0)
     replay_max_events: int = Field(100_000, gt=0)
     send_timeout_s: float = Field(30.0, gt=0)
+    client_send_buffer_bytes: int = Field(256 * 1024, ge=0)  # 0 leaves the kernel's autotuning
     retry_attempts: int = Field(3, ge=1)
     retry_budget_s: float = Field(10.0, ge=0)
     retry_backoff_s: float = Field(0.2, ge=0)

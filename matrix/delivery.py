@@ -11,7 +11,20 @@ hold the relay's memory or the provider's meter).
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Awaitable, Callable
+
+
+def limit_send_buffer(transport: asyncio.BaseTransport | None, size: int) -> None:
+    """Cap the kernel's send buffer for one client connection.
+
+    Linux lets a connection's send buffer grow to 4 MiB (tcp_wmem), so a client that stops
+    reading could park megabytes in the kernel before a write ever blocks; capped, the
+    write blocks early and `send_timeout_s` can notice. Token streams need kilobytes.
+    """
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and size > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 class Watchdog:
