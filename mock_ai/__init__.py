@@ -1,0 +1,7 @@
+"""Mock AI providers speaking Spark (WS), Baidu agent (SSE) and OpenAI (SSE), scriptable by `#mock` lines."""
+
+from .app import DEFAULT_PORT, create_app, running, serve
+from .script import DirectiveError, Fault, Script
+from .state import Credentials
+
+__all__ = ["DEFAULT_PORT", "Credentials", "DirectiveError", "Fault", "Script", "create_app", "running", "serve"]

@@ -22,7 +22,7 @@ async def test_answer_relayed_exactly(relay_url, down, up):
 @pytest.mark.parametrize("down,up", CASES, ids=[f"{d}-{UPSTREAMS[u]}-{u}" for d, u in CASES])
 async def test_split_frames_keep_multibyte_text(relay_url, down, up):
     """Provider frames split every 3 bytes (inside UTF-8 characters) still reassemble exactly."""
-    prompt = f"split {up}\n#mock tokens=20 interval_ms=0 split=3"
+    prompt = f"split {up}\n#mock tokens=10 interval_ms=0 split=3"
     events = await CHAT[down](relay_url, chat_body(prompt, up))
     assert_well_formed(events)
     assert text_of(events) == expected_text(prompt)
