@@ -3,40 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
 from matrix import sse
 from matrix.delivery import Watchdog, limit_send_buffer
 from matrix.errors import RequestError
-from matrix.keys import RELAY
+from matrix.keys import CLIENT, RELAY
+from matrix.logs import event
 from matrix.request import chat_request, parse_json
 from matrix.stream import Stream
 
+log = logging.getLogger("matrix.sse")
+
 
 async def read_body(request: web.Request) -> bytes:
+    limit = request.app[RELAY].settings.server
     try:
-        return await request.read()
+        async with asyncio.timeout(limit.header_timeout_s):  # a body trickled byte by byte is refused
+            return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise RequestError(f"request body exceeds {request.app._client_max_size} bytes",
+        raise RequestError(f"request body exceeds {limit.max_body_bytes} bytes",
                            code="payload_too_large", status=413) from exc
+    except TimeoutError as exc:
+        raise RequestError("the request body took too long to arrive", code="request_timeout", status=408) from exc
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
-    stream = relay.start(chat_request(parse_json(await read_body(request))), downstream="sse")
+    stream = relay.start(chat_request(parse_json(await read_body(request))), "sse", request[CLIENT])
     return await follow(request, stream, after=-1)
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
     """Resume after `Last-Event-ID` (what EventSource sends on reconnect) or `?last_event_id=`."""
-    stream = request.app[RELAY].get(request.match_info["stream_id"])
+    relay = request.app[RELAY]
+    stream = relay.get(request.match_info["stream_id"], request[CLIENT])
     raw = request.headers.get("Last-Event-ID", request.query.get("last_event_id", "-1"))
     try:
         after = int(raw)
     except ValueError as exc:
         raise RequestError(f"Last-Event-ID must be an event seq, got {raw[:40]!r}", code="invalid_request") from exc
     stream.read(after)  # refuse a gap before the response starts
+    relay.metrics.resumes.labels("sse").inc()
     return await follow(request, stream, after)
 
 
@@ -56,8 +66,15 @@ async def follow(request: web.Request, stream: Stream, after: int) -> web.Stream
                 await response.write(sse.frames(batch))
                 watchdog.writing = False
                 watchdog.writes += 1
-    except ConnectionError:
-        pass  # the client left; the relay's grace timer decides what happens upstream
+    except (ConnectionError, asyncio.CancelledError) as exc:
+        # The client left (aiohttp cancels the handler when its connection drops); the
+        # relay's grace timer decides what happens upstream.
+        event(log, "client gone", stream_id=stream.id, transport="sse", slow=watchdog.gave_up)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
     finally:
         guard.cancel()
+        relay.metrics.heartbeats.inc(watchdog.pings)
+        if watchdog.gave_up:
+            relay.metrics.slow_clients.labels("sse").inc()
     return response

@@ -9,16 +9,20 @@ socket keeps serving its other streams.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import WSMsgType, web
 
 from matrix.delivery import Watchdog, limit_send_buffer
 from matrix.errors import MatrixError, RequestError
 from matrix.events import Error, encode
-from matrix.keys import RELAY
+from matrix.keys import CLIENT, RELAY
+from matrix.logs import event
 from matrix.relay import Relay
 from matrix.request import chat_request, parse_json
 from matrix.stream import Stream
+
+log = logging.getLogger("matrix.ws")
 
 
 async def chat(request: web.Request) -> web.WebSocketResponse:
@@ -28,9 +32,10 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, compress=False, max_msg_size=server.max_ws_frame_bytes)
     limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
     await ws.prepare(request)
-    socket = Socket(relay, ws, Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
+    socket = Socket(relay, ws, request[CLIENT], Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
                                         heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s))
     guard = asyncio.get_running_loop().create_task(socket.watchdog.run())
+    event(log, "ws open", client=request[CLIENT])
     try:
         async for message in ws:
             if message.type is WSMsgType.TEXT:
@@ -41,15 +46,19 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     finally:
         guard.cancel()
         await socket.close()
+        if socket.watchdog.gave_up:
+            relay.metrics.slow_clients.labels("ws").inc()
+        event(log, "ws close", client=request[CLIENT], code=ws.close_code, slow=socket.watchdog.gave_up)
     return ws
 
 
 class Socket:
     """The streams one WebSocket carries, each followed by its own task."""
 
-    def __init__(self, relay: Relay, ws: web.WebSocketResponse, watchdog: Watchdog) -> None:
+    def __init__(self, relay: Relay, ws: web.WebSocketResponse, client: str, watchdog: Watchdog) -> None:
         self.relay = relay
         self.ws = ws
+        self.client = client
         self.watchdog = watchdog
         self.followers: set[asyncio.Task] = set()
 
@@ -62,15 +71,20 @@ class Socket:
             stream_id = body.get("stream_id") if isinstance(body.get("stream_id"), str) else None
             kind = body.pop("type", None)
             if kind == "chat":
-                self._follow(self.relay.start(chat_request(body), downstream="ws"), after=-1)
+                limit = self.relay.settings.limits.max_streams_per_socket
+                if len(self.followers) >= limit:
+                    raise RequestError(f"{limit} streams are already live on this socket",
+                                       code="too_many_streams", status=429)
+                self._follow(self.relay.start(chat_request(body), "ws", self.client), after=-1)
             elif kind == "cancel":
-                self.relay.cancel(_required_str(body, "stream_id"))
+                self.relay.cancel(_required_str(body, "stream_id"), self.client)
             elif kind == "resume":
                 after = body.get("after", -1)
                 if not isinstance(after, int) or isinstance(after, bool):
                     raise RequestError("resume.after must be an integer seq", code="invalid_request")
-                stream = self.relay.get(_required_str(body, "stream_id"))
+                stream = self.relay.get(_required_str(body, "stream_id"), self.client)
                 stream.read(after)  # refuse a gap now, as an error for this request
+                self.relay.metrics.resumes.labels("ws").inc()
                 self._follow(stream, after)
             else:
                 raise RequestError(f"unknown message type {kind!r}; expected chat, cancel or resume",
@@ -79,6 +93,7 @@ class Socket:
             await self.refuse(exc, stream_id)
 
     async def refuse(self, exc: MatrixError, stream_id: str | None = None) -> None:
+        self.relay.metrics.refusals.labels(exc.code).inc()
         error = Error(stream_id, None, exc.code, exc.message, exc.retryable)  # type: ignore[arg-type]
         await self._send(encode(error))
 

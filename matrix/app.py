@@ -13,9 +13,10 @@ import downstreams.sse
 import downstreams.ws
 import upstreams
 
+from . import access
 from .config import Settings
 from .errors import MatrixError, RequestError
-from .keys import RELAY
+from .keys import ACCESS, CLIENT, RELAY
 from .relay import Relay
 
 log = logging.getLogger("matrix.app")
@@ -28,14 +29,19 @@ async def errors_as_json(request: web.Request, handler):
     try:
         return await handler(request)
     except MatrixError as exc:
+        request.app[RELAY].metrics.refusals.labels(exc.code).inc()
         return web.json_response(exc.body(), status=exc.status)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=settings.server.max_body_bytes)
     relay = Relay(settings, {name: upstreams.build(name, cfg, settings.stream)
                              for name, cfg in settings.upstreams.items()})
+    guard = access.Access(settings)
+    app = web.Application(middlewares=[errors_as_json, access.middleware(guard)],
+                          client_max_size=settings.server.max_body_bytes)
     app[RELAY] = relay
+    app[ACCESS] = guard
+    app.on_response_prepare.append(access.cors_headers(guard))
     down = settings.downstream_transport
     sse_chat = downstreams.sse.chat if down in (None, "sse") else _pinned("sse", settings)
     ws_chat = downstreams.ws.chat if down in (None, "ws") else _pinned("ws", settings)
@@ -45,6 +51,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/streams/{stream_id}/cancel", cancel)
     app.router.add_get("/v1/upstreams", list_upstreams)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/tickets", ticket)
     if STATIC.is_dir():
         app.router.add_get("/", index)
         app.router.add_static("/static", STATIC)
@@ -67,7 +75,7 @@ def _pinned(transport: str, settings: Settings):
 
 async def cancel(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
-    stream = relay.cancel(request.match_info["stream_id"])
+    stream = relay.cancel(request.match_info["stream_id"], request[CLIENT])
     return web.json_response({"stream_id": stream.id, "finished": stream.finished})
 
 
@@ -85,15 +93,31 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "streams": len(relay.streams)})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RELAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def ticket(request: web.Request) -> web.Response:
+    """A single-use ticket for a browser's WebSocket or EventSource, which cannot send headers."""
+    guard = request.app[ACCESS]
+    return web.json_response({"ticket": guard.issue_ticket(request[CLIENT]),
+                              "expires_in": request.app[RELAY].settings.auth.ticket_ttl_s})
+
+
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_site(app: web.Application, host: str, port: int,
+                     header_timeout_s: float = 15.0) -> tuple[web.AppRunner, int]:
     """Start serving `app`; returns the runner and the bound port (port 0 picks a free one)."""
     # handler_cancellation: a client that disconnects cancels its handler at once, which is
     # how a vanished SSE client is noticed even while no token is being written.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+    # keepalive_timeout also closes a connection that has not completed its request line and
+    # headers in time (aiohttp arms it from the connection's start): the slowloris guard.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0,
+                           keepalive_timeout=header_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

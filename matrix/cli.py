@@ -92,6 +92,7 @@ def _mock_defaults(p: argparse.ArgumentParser) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     from .app import create_app, run_until_stopped, start_site
+    from .logs import configure as configure_logs
 
     runners = []
     if args.command in ("mock", "demo"):
@@ -109,7 +110,9 @@ async def _serve(args: argparse.Namespace) -> int:
             args.config is None and not Path("matrix.toml").exists() else None
         settings = load(args.config, server__combo=args.combo, server__host=args.host, server__port=args.port,
                         upstreams=upstreams)
-        runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port)
+        configure_logs(settings.log.level, settings.log.format)
+        runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port,
+                                        settings.server.header_timeout_s)
         runners.append(runner)
         combo = settings.server.combo or "all four combinations"
         print(f"relay on http://{settings.server.host}:{port}/  ({combo}; upstreams: "

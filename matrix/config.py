@@ -41,6 +41,9 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(64 * 1024, gt=0)
     max_ws_frame_bytes: int = Field(64 * 1024, gt=0)
     drain_timeout_s: float = Field(10.0, ge=0)
+    header_timeout_s: float = Field(15.0, gt=0)  # request line + headers (and a body) must arrive by then
+    # Origins (scheme://host[:port]) allowed for CORS and WS handshakes besides the relay's own.
+    allowed_origins: list[str] = Field(default_factory=list)
 
 
 class StreamConfig(BaseModel):
@@ -57,6 +60,35 @@ class StreamConfig(BaseModel):
     retry_attempts: int = Field(3, ge=1)
     retry_budget_s: float = Field(10.0, ge=0)
     retry_backoff_s: float = Field(0.2, ge=0)
+
+
+class LimitsConfig(BaseModel):
+    """Abuse limits: each refusal is a clear 4xx / error event with a code, counted in metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_messages: int = Field(200, gt=0)
+    max_message_chars: int = Field(32_000, gt=0)
+    max_streams_per_socket: int = Field(16, gt=0)
+    max_streams_per_client: int = Field(64, gt=0)  # live streams per API key, or per IP without auth
+    starts_per_minute: float = Field(600, gt=0)  # token bucket per API key / IP
+    burst: int = Field(60, gt=0)
+
+
+class AuthConfig(BaseModel):
+    """Client auth: off while `keys` is empty (the demo), on as soon as a key is configured."""
+
+    model_config = ConfigDict(extra="forbid")
+    keys: list[SecretStr] = Field(default_factory=list)
+    ticket_ttl_s: float = Field(60, gt=0)
+
+    _resolve = field_validator("keys", mode="before")(
+        classmethod(lambda cls, v: [_resolve_env(k) for k in v] if isinstance(v, list) else v))
+
+
+class LogConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
 
 
 class UpstreamConfig(BaseModel):
@@ -99,6 +131,9 @@ class Settings(BaseSettings):
 
     server: ServerConfig = ServerConfig()
     stream: StreamConfig = StreamConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    log: LogConfig = LogConfig()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=lambda: default_upstreams())
 
     @model_validator(mode="after")

@@ -28,12 +28,14 @@ def limit_send_buffer(transport: asyncio.BaseTransport | None, size: int) -> Non
 
 
 class Watchdog:
-    __slots__ = ("writes", "writing", "_ping", "_abort", "_heartbeat_s", "_send_timeout_s")
+    __slots__ = ("writes", "writing", "pings", "gave_up", "_ping", "_abort", "_heartbeat_s", "_send_timeout_s")
 
     def __init__(self, *, ping: Callable[[], Awaitable[object]] | None, abort: Callable[[], None],
                  heartbeat_s: float, send_timeout_s: float) -> None:
         self.writes = 0  # bumped after every completed write
         self.writing = False  # True while a write is waiting for the client to take it
+        self.pings = 0
+        self.gave_up = False  # the client took nothing for send_timeout_s
         self._ping = ping
         self._abort = abort
         self._heartbeat_s = heartbeat_s
@@ -51,12 +53,15 @@ class Watchdog:
                 seen, quiet_since = self.writes, now
             elif self.writing:
                 if now - quiet_since >= self._send_timeout_s:
+                    self.gave_up = True
                     self._abort()
                     return
             elif self._ping is not None and now - quiet_since >= self._heartbeat_s:
                 try:
                     await asyncio.wait_for(self._ping(), self._send_timeout_s)
                 except (asyncio.TimeoutError, ConnectionError):
+                    self.gave_up = True
                     self._abort()
                     return
+                self.pings += 1
                 seen, quiet_since = self.writes, loop.time()

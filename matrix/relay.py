@@ -18,6 +18,9 @@ from typing import Iterator
 
 from .config import Settings
 from .errors import MatrixError, RequestError, ShuttingDown, StreamNotFound, UpstreamError, UpstreamProtocolError
+from .limits import ClientLimits
+from .logs import event
+from .metrics import Metrics
 from .request import ChatRequest
 from .stream import Stream
 from .upstream import Finish, Upstream
@@ -35,13 +38,16 @@ class Relay:
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._stopping = False
+        self.metrics = Metrics()
+        self.limits = ClientLimits(settings.limits)
 
     # -- starting and stopping --------------------------------------------------------
 
-    def start(self, chat: ChatRequest, downstream: str) -> Stream:
+    def start(self, chat: ChatRequest, downstream: str, client: str = "") -> Stream:
         """Create the stream and start its upstream pump; refuse before anything runs."""
         if self._stopping:
             raise ShuttingDown("the relay is shutting down")
+        self.limits.check_request(chat)
         name = chat.upstream or self.settings.default_upstream()
         upstream = self.upstreams.get(name)
         if upstream is None:
@@ -54,24 +60,31 @@ class Relay:
         stream_id = chat.stream_id or uuid.uuid4().hex
         if stream_id in self.streams:
             raise RequestError(f"stream {stream_id!r} already exists", code="stream_exists", status=409)
+        self.limits.admit(client)
         cfg = self.settings.stream
         stream = Stream(stream_id, name, f"{downstream}-{upstream.transport}",
                         merge_at=cfg.queue_size, max_events=cfg.replay_max_events)
+        stream.owner = client
         self.streams[stream_id] = stream
+        self.metrics.stream_started(stream)
+        event(log, "stream start", stream_id=stream_id, combo=stream.combo, upstream=name, client=client)
         self._readers[stream_id] = 0
         self._pumps[stream_id] = asyncio.get_running_loop().create_task(
             self._pump(stream, upstream, chat), name=f"pump-{stream_id}")
         return stream
 
-    def get(self, stream_id: str) -> Stream:
+    def get(self, stream_id: str, client: str = "") -> Stream:
+        """The stream, if it exists and `client` may touch it (with API keys: only its owner)."""
         stream = self.streams.get(stream_id)
         if stream is None:
             raise StreamNotFound(f"no stream {stream_id!r} (unknown, or expired after replay_ttl_s)")
+        if client.startswith("key:") and stream.owner != client:
+            raise RequestError(f"stream {stream_id!r} belongs to another client", code="forbidden", status=403)
         return stream
 
-    def cancel(self, stream_id: str) -> Stream:
+    def cancel(self, stream_id: str, client: str = "") -> Stream:
         """An explicit stop: close the provider connection now; readers get done/cancelled."""
-        stream = self.get(stream_id)
+        stream = self.get(stream_id, client)
         self._stop_pump(stream_id)
         return stream
 
@@ -118,6 +131,17 @@ class Relay:
             stream.fail(MatrixError(f"internal error: {type(exc).__name__}"))
         finally:
             self._pumps.pop(stream.id, None)
+            self.limits.release(stream.owner)
+            now = asyncio.get_running_loop().time()
+            self.metrics.stream_ended(stream, now)
+            end = stream.terminal
+            event(log, "stream end", stream_id=stream.id, combo=stream.combo, upstream=stream.upstream,
+                  client=stream.owner, end=end.type if end else None,
+                  reason=getattr(end, "reason", None) or getattr(end, "code", None),
+                  upstream_code=getattr(end, "upstream_code", None), tokens=stream.pieces,
+                  ttft_ms=round((stream.first_text_at - stream.started_at) * 1000, 1)
+                  if stream.first_text_at is not None else None,
+                  duration_ms=round((now - stream.started_at) * 1000, 1))
             if (timer := self._grace.pop(stream.id, None)) is not None:
                 timer.cancel()
             self._expiry[stream.id] = asyncio.get_running_loop().call_later(
@@ -137,7 +161,9 @@ class Relay:
                 if (not exc.retryable or stream.has_text or attempt == cfg.retry_attempts
                         or loop.time() + backoff > deadline):
                     raise
-                log.info("stream %s: %s, retry %d in %.2fs", stream.id, exc.code, attempt, backoff)
+                self.metrics.retries.labels(upstream.name).inc()
+                event(log, "upstream retry", stream_id=stream.id, upstream=upstream.name, code=exc.code,
+                      upstream_code=exc.upstream_code, attempt=attempt, backoff_ms=round(backoff * 1000))
                 await asyncio.sleep(backoff)
 
     @staticmethod

@@ -33,6 +33,10 @@ class Stream:
         self._terminal: Event | None = None
         self._waiters: list[asyncio.Future] = []
         self.has_text = False  # text came from the provider: a retry could duplicate it
+        self.pieces = 0  # provider text pieces, for metrics: counted here, observed once at the end
+        self.first_text_at: float | None = None
+        self.started_at = asyncio.get_running_loop().time()
+        self.owner = ""  # the client that started it: API key id, or peer address
         self.usage: dict[str, int] | None = None
 
     # -- writer side (the upstream pump) --------------------------------------------
@@ -40,7 +44,10 @@ class Stream:
     def push(self, text: str) -> None:
         if not text or self._terminal is not None:
             return
-        self.has_text = True
+        if not self.has_text:
+            self.has_text = True
+            self.first_text_at = asyncio.get_running_loop().time()
+        self.pieces += 1
         pending = self._pending
         pending.append(text)
         if len(pending) > self._merge_at:  # keep a long backlog one string, not 10^5 objects
@@ -76,6 +83,10 @@ class Stream:
     @property
     def finished(self) -> bool:
         return self._terminal is not None
+
+    @property
+    def terminal(self) -> Event | None:
+        return self._terminal
 
     @property
     def last_seq(self) -> int:

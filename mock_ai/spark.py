@@ -105,7 +105,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         await ws.prepare(request)
         try:
             await _converse(request, ws, state, base, conn)
-        except ClientGone:
+        except ConnectionError:  # ClientGone, or a refusal frame the client left too early to get
             conn.close("client_closed")
         return ws
 

@@ -81,16 +81,16 @@ def handler(vendor: SSEVendor) -> Callable[[web.Request], Awaitable[web.StreamRe
             if status is not None:
                 conn.close("fault")
                 return vendor.http_error(status)
-            tokens, finish = plan(script, ask)
             if ask.stream:
-                return await _stream(request, state, conn, vendor, script, ask, tokens, finish)
-            return await _whole(request, state, conn, vendor, script, ask, tokens, finish)
+                return await _stream(request, state, conn, vendor, script, ask)
+            return await _whole(request, state, conn, vendor, script, ask)
 
     return handle
 
 
 async def _stream(request: web.Request, state: MockState, conn: Connection, vendor: SSEVendor,
-                  script: Script, ask: Ask, tokens: list[str], finish: str) -> web.StreamResponse:
+                  script: Script, ask: Ask) -> web.StreamResponse:
+    tokens, finish = plan(script, ask)
     response = web.StreamResponse(headers=vendor.headers)
     await response.prepare(request)
     channel = SSEChannel(request, response, script.split)
@@ -103,8 +103,10 @@ async def _stream(request: web.Request, state: MockState, conn: Connection, vend
 
 
 async def _whole(request: web.Request, state: MockState, conn: Connection, vendor: SSEVendor,
-                 script: Script, ask: Ask, tokens: list[str], finish: str) -> web.StreamResponse:
-    """A non-streamed answer: the same wait and faults, in one HTTP response."""
+                 script: Script, ask: Ask) -> web.StreamResponse:
+    """A non-streamed answer: the same first-token wait and faults, in one JSON response."""
+    tokens, finish = plan(script, ask)
+    body = orjson.dumps(vendor.whole(script, tokens, finish, ask))
     channel = Channel(request)
     with state.watchdog.watch(request, lambda: channel.stop(ClientGone("client disconnected"))):
         try:
@@ -113,7 +115,6 @@ async def _whole(request: web.Request, state: MockState, conn: Connection, vendo
             if fault is None:
                 conn.tokens_sent = len(tokens)
                 conn.close("completed")
-                body = orjson.dumps(vendor.whole(script, tokens, finish, ask))
                 return web.Response(body=body, content_type="application/json")
             if fault.name == "stall_after":
                 await channel.stall()
@@ -122,7 +123,7 @@ async def _whole(request: web.Request, state: MockState, conn: Connection, vendo
                 channel.abort()
                 return web.Response()  # never sent: the connection is gone
             if fault.name == "malformed_after":
-                return web.Response(text='{"id": "chatcmpl-', content_type="application/json")
+                return web.Response(body=body[:len(body) // 2], content_type="application/json")
             return vendor.http_error(500)
         except ClientGone:
             conn.close("client_closed")

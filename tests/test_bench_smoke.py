@@ -64,7 +64,7 @@ def test_bench_reports_ttft_burst_stop_and_goals(report):
         assert data["burst"][combo]["lost"] == 0
         assert data["stop"][combo]["n"] == data["plan"]["stop_streams"]
         assert data["stop"][combo]["not_closed"] == 0
-    assert {"direct-sse", "direct-ws"} <= set(data["ttft"]["routes"])
+    assert {"direct-sse", "direct-ws"} <= set(data["ttft"]["routes"]) & set(data["stop"])
     goals = data["goals"]
     assert len(goals) == 9
     for goal in goals:

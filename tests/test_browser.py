@@ -124,6 +124,7 @@ async def test_each_combination_renders_the_full_answer(relay, page, combo, clie
     assert await lane.locator(".combo").text_content() == combo
     assert (await lane.locator(".seqcheck").text_content()).startswith("✓")
     assert re.fullmatch(r"[\d.]+ ms", await lane.locator(".ttft").text_content())
+    assert int(await lane.locator(".chars").text_content()) == len(expected_text(prompt))
     assert await lane.locator(".entry.prov-out").count() >= 1  # the request the relay sent
     assert await lane.locator(".entry.prov-in").count() >= 1   # the provider's frames
     assert await lane.locator(".entry.down[data-type=delta]").count() >= 1
@@ -165,6 +166,7 @@ async def test_drop_and_resume_shows_the_complete_text_exactly_once(make_relay, 
     assert (await lane.locator(".seqcheck").text_content()).startswith("✓")
     [conn] = await provider_connections(mock, tag, ended=True)  # one provider connection, never restarted
     assert conn["outcome"] == "completed"
+    await screenshot(page, f"drop-and-resume-{client}")
 
 
 @pytest.mark.parametrize("upstream", ["spark", "openai"])
@@ -198,7 +200,7 @@ async def test_fetch_sse_shows_heartbeats(make_relay, page):
 
 async def test_side_by_side_races_two_combinations(relay, page):
     """Side by side, one prompt runs through two combinations at once and both answers are whole."""
-    prompt = "Race me\n#mock tokens=20 interval_ms=10"
+    prompt = "Race me\n#mock tokens=40 interval_ms=10"
     await open_demo(page, relay)
     await page.check("#race")
     await page.locator('[data-lane="1"] select.downstream').select_option("fetch")

@@ -12,7 +12,8 @@ from conftest_mock import BAIDU_PATH, baidu_request, http_client, mock_url, star
 from mock_ai import Script
 
 
-async def read(base: str, text: str, path: str = BAIDU_PATH, **extra: object) -> tuple[httpx.Response, list[bytes]]:
+async def read(base: str, text: str, path: str = BAIDU_PATH,
+               **extra: object) -> tuple[httpx.Response, list[bytes]]:
     """POST and collect the body read by read, as the client received it."""
     async with http_client(base) as http:
         async with http.stream("POST", path, json=baidu_request(text, **extra)) as response:
@@ -36,7 +37,7 @@ def text_of(parsed: list[tuple[str, dict | None]]) -> str:
 
 
 async def test_a_turn_streams_markdown_pieces_pings_and_ends_with_end_turn(mock_url: str) -> None:
-    """`event:message`/`data:{` with no space, a ping after 5 tokens, the answer's text, then endTurn and the end."""
+    """`event:message`/`data:{` without spaces, a ping per 5 tokens, the answer, then endTurn and the end."""
     text = "你好\n#mock tokens=7 interval_ms=0"
     response, pieces = await read(mock_url, text, threadId="th-1")
     body = b"".join(pieces)
@@ -48,8 +49,9 @@ async def test_a_turn_streams_markdown_pieces_pings_and_ends_with_end_turn(mock_
     messages = [data["data"]["message"] for name, data in parsed if name == "message"]
     assert all(m["threadId"] == "th-1" and m["msgId"] == messages[0]["msgId"] for m in messages)
     assert [m["endTurn"] for m in messages] == [False] * 7 + [True]
-    assert messages[0]["content"][0] | {"data": None} == {"dataType": "markdown", "isFinished": False, "data": None}
-    assert messages[0]["content"][0]["data"]["type"] == "txt" and messages[0]["content"][0]["data"]["showType"] == "append"
+    first = messages[0]["content"][0]
+    assert (first["dataType"], first["isFinished"], first["data"]["type"], first["data"]["showType"]) == \
+        ("markdown", False, "txt", "append")
     assert "feedback" in messages[-1]["content"][0] and body.endswith(b"}}}\n\n")
 
 
@@ -104,7 +106,7 @@ async def test_http_faults_answer_a_json_error(mock_url: str, fault: str, status
 
 async def test_a_ping_keeps_a_slow_first_token_company(mock_url: str) -> None:
     """During a long first-token wait the stream carries `event:ping` before any text."""
-    _, pieces = await read(mock_url, "hi\n#mock tokens=1 first_token_ms=700")
+    _, pieces = await read(mock_url, "hi\n#mock tokens=1 first_token_ms=600")
     assert [name for name, _ in events(b"".join(pieces))][:2] == ["ping", "message"]
 
 

@@ -148,8 +148,8 @@ async def test_malformed_after_sends_a_line_that_is_not_json(mock_url: str) -> N
     """malformed_after:N sends N tokens, then a `data:` line the SDK cannot parse."""
     async with client(mock_url) as api:
         stream = await api.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi\n#mock tokens=4 interval_ms=0 fault=malformed_after:1"}],
-            stream=True)
+            model="m", stream=True,
+            messages=[{"role": "user", "content": "hi\n#mock tokens=4 interval_ms=0 fault=malformed_after:1"}])
         with pytest.raises(json.JSONDecodeError):
             async for _ in stream:
                 pass
@@ -171,7 +171,7 @@ async def test_first_token_ms_delays_the_first_token(mock_url: str) -> None:
     start = time.monotonic()
     async with client(mock_url) as api:
         stream = await api.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi\n#mock tokens=1 first_token_ms=150"}], stream=True)
+            model="m", stream=True, messages=[{"role": "user", "content": "hi\n#mock first_token_ms=150"}])
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 break
@@ -191,3 +191,24 @@ async def test_defaults_from_the_app_factory_apply(start_mock) -> None:  # noqa:
     base = await start_mock(defaults={"tokens": 2, "interval_ms": 0})
     status, body = await raw_body(base, "hello")
     assert status == 200 and body.count(b'"content":') == 3  # the role chunk and 2 tokens
+
+
+@pytest.mark.parametrize("fault, error", [("error_after:2", openai.InternalServerError),
+                                          ("drop_after:2", openai.APIConnectionError)])
+async def test_non_streamed_faults_fail_the_call(mock_url: str, fault: str, error: type) -> None:
+    """Without streaming, an error fault is an HTTP 500 and a drop closes the connection unanswered."""
+    async with client(mock_url) as api:
+        with pytest.raises(error):
+            await api.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"hi\n#mock fault={fault}"}])
+
+
+async def test_credentials_from_the_app_factory_replace_the_defaults(start_mock) -> None:  # noqa: F811
+    """create_app(credentials=...) changes the accepted key; the default one is then refused."""
+    base = await start_mock(credentials={"openai_api_key": "sk-custom"})
+    messages = [{"role": "user", "content": "hi\n#mock tokens=1"}]
+    async with client(base, api_key="sk-custom") as api:
+        assert (await api.chat.completions.create(model="m", messages=messages)).choices
+    async with client(base) as api:
+        with pytest.raises(openai.AuthenticationError):
+            await api.chat.completions.create(model="m", messages=messages)

@@ -18,7 +18,8 @@ from mock_ai import Script
 
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize("wait", ["stall_after:2", "first_token_ms:5000"])
-async def test_a_client_leaving_early_is_seen_within_100_ms(start_any, vendor: str, wait: str) -> None:  # noqa: F811
+async def test_a_client_leaving_early_is_seen_within_100_ms(start_any, vendor: str,  # noqa: F811
+                                                            wait: str) -> None:
     """A client that leaves during a stall or a slow first token is `client_closed`, closed_at within 100 ms."""
     base = await start_any()
     name, value = wait.split(":")
@@ -55,8 +56,8 @@ async def test_a_drop_is_recorded_as_a_fault(mock_url: str, vendor: str) -> None
     """drop_after ends the record as `fault`, not as a client that closed."""
     with pytest.raises(Exception):  # each client reports the drop its own way
         async with asyncio.timeout(WAIT):
-            async with token_stream(vendor, mock_url, "hi\n#mock tokens=5 interval_ms=0 fault=drop_after:1 tag=d") \
-                    as pieces:
+            text = "hi\n#mock tokens=5 interval_ms=0 fault=drop_after:1 tag=d"
+            async with token_stream(vendor, mock_url, text) as pieces:
                 async for _ in pieces:
                     pass
     conn = await settled(mock_url, "d")

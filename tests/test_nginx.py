@@ -20,10 +20,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import websockets
 from httpx_sse import aconnect_sse
 
-from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, sse_chat, text_of, ws_chat
+from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, text_of, ws_chat
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 CONFIG = Path(__file__).parent.parent / "deploy" / "nginx.conf"
@@ -101,16 +100,28 @@ async def nginx_in_front(relay, tmp_path: Path, **replace: str):
                 await proc.wait()
 
 
+async def relay_events(source):
+    """The relay's events from an httpx-sse source. httpx-sse 0.4 also yields an empty
+    `message` after each `: ping` comment once an id was seen: that is a heartbeat, skip it."""
+    async for sse in source.aiter_sse():
+        if sse.data:
+            yield json.loads(sse.data)
+
+
 async def timed_sse(base: str, body: dict) -> tuple[list[dict], list[float]]:
     """POST /v1/chat/sse; every event, and when each arrived (time.monotonic)."""
     events, times = [], []
     async with httpx.AsyncClient(timeout=TIMEOUT) as client, asyncio.timeout(TIMEOUT):
         async with aconnect_sse(client, "POST", f"{base}/v1/chat/sse", json=body) as source:
             assert source.response.status_code == 200
-            async for sse in source.aiter_sse():
-                events.append(json.loads(sse.data))
+            async for event in relay_events(source):
+                events.append(event)
                 times.append(time.monotonic())
     return events, times
+
+
+async def sse_events(base: str, body: dict) -> list[dict]:
+    return (await timed_sse(base, body))[0]
 
 
 @pytest.mark.parametrize("buffering", ["off", "on"], ids=["proxy_buffering-off", "x-accel-buffering-header-alone"])
@@ -144,7 +155,7 @@ async def test_heartbeats_keep_a_silent_stream_past_nginx_idle_timer(make_relay,
     relay = await make_relay(heartbeat_s=0.3)
     prompt = "think first\n#mock tokens=3 interval_ms=5 first_token_ms=2500"
     async with nginx_in_front(relay, tmp_path, proxy_read_timeout="1s") as base:
-        events = await (sse_chat if down == "sse" else ws_chat)(base, chat_body(prompt, "openai"))
+        events = await (sse_events if down == "sse" else ws_chat)(base, chat_body(prompt, "openai"))
     assert_well_formed(events)
     assert events[-1]["type"] == "done" and text_of(events) == expected_text(prompt)
 
@@ -154,14 +165,14 @@ async def test_without_heartbeats_nginx_cuts_a_silent_stream(make_relay, tmp_pat
     relay = await make_relay(heartbeat_s=30)
     prompt = "think first\n#mock tokens=3 interval_ms=5 first_token_ms=2500"
     events: list[dict] = []
-    started = time.monotonic()
     async with nginx_in_front(relay, tmp_path, proxy_read_timeout="1s") as base:
+        started = time.monotonic()
         with pytest.raises(httpx.HTTPError):
             async with httpx.AsyncClient(timeout=TIMEOUT) as client, asyncio.timeout(TIMEOUT):
                 async with aconnect_sse(client, "POST", f"{base}/v1/chat/sse",
                                         json=chat_body(prompt, "openai")) as source:
-                    async for sse in source.aiter_sse():
-                        events.append(json.loads(sse.data))
+                    async for event in relay_events(source):
+                        events.append(event)
     assert [e["type"] for e in events] == ["start"]
     assert time.monotonic() - started < 2.5
 
@@ -176,14 +187,14 @@ async def test_resume_through_nginx_after_a_drop(make_relay, tmp_path):
         first: list[dict] = []
         async with httpx.AsyncClient(timeout=TIMEOUT) as client, asyncio.timeout(TIMEOUT):
             async with aconnect_sse(client, "POST", f"{base}/v1/chat/sse", json=body) as source:
-                async for sse in source.aiter_sse():
-                    first.append(json.loads(sse.data))
+                async for event in relay_events(source):
+                    first.append(event)
                     if len(first) == 5:
                         break  # leaving the blocks closes the connection mid-stream
             rest: list[dict] = []
             async with aconnect_sse(client, "GET", f"{base}/v1/streams/{stream_id}/events",
                                     headers={"Last-Event-ID": str(first[-1]["seq"])}) as source:
-                async for sse in source.aiter_sse():
-                    rest.append(json.loads(sse.data))
+                async for event in relay_events(source):
+                    rest.append(event)
     assert_well_formed(first + rest)
     assert text_of(first + rest) == expected_text(prompt)

@@ -87,22 +87,78 @@ class SSEParser {
 
 /* ---------------------------------------------------------------- client transports */
 
-/** SSE over a fetch POST: the streamed response body is read and parsed here, line by line. */
-class FetchSSE {
+/** What every client transport shares. `epoch` rises on every drop or close, and each
+    connection remembers the epoch it began in, so the late callbacks of a cut connection
+    deliver nothing: the page resumes after the last seq it actually processed. */
+class Transport {
   constructor(lane) {
     this.lane = lane;
-    this.controller = null;
-    this.epoch = 0;  // bumped on drop/close: a stale reader must not deliver anything
+    this.epoch = 0;
   }
+
+  current(epoch) {
+    return epoch === this.epoch;
+  }
+
+  /** Stop: ask the relay to cancel; it closes the provider connection and sends done/cancelled. */
+  stop() {
+    return this.lane.postCancel();
+  }
+
+  /** Drop: cut this page's connection as a network failure would; the relay waits for a resume. */
+  drop() {
+    this.epoch++;
+    this.cut();
+    this.lane.logNote(this.cutNote);
+  }
+
+  close() {
+    this.epoch++;
+    this.cut();
+  }
+
+  postChat(body, signal, note = '') {
+    const text = JSON.stringify(body);
+    this.lane.logUp('POST /v1/chat/sse', note ? `${text}\n${note}` : text);
+    return fetch(API.chat, {method: 'POST', headers: {'Content-Type': 'application/json'}, body: text, signal});
+  }
+
+  /** The response of `request` if it is a 200, else null once the lane knows why. */
+  async accepted(request, epoch) {
+    let response;
+    try {
+      response = await request;
+    } catch (error) {
+      if (this.current(epoch)) this.lane.connectionLost(`fetch failed: ${error.message}`);
+      return null;
+    }
+    if (!this.current(epoch)) return null;
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      this.lane.refused(response.status, body.error || {});
+      return null;
+    }
+    return response;
+  }
+
+  decode(data) {
+    try {
+      return JSON.parse(data);
+    } catch {
+      this.lane.logNote(`not a JSON event: ${data}`, 'bad');
+      return null;
+    }
+  }
+}
+
+/** SSE over a fetch POST: the streamed response body is read and parsed here, line by line. */
+class FetchSSE extends Transport {
+  cutNote = 'fetch aborted: the TCP connection to the relay is closed';
 
   start(body) {
     const epoch = ++this.epoch;
     this.controller = new AbortController();
-    const text = JSON.stringify(body);
-    this.lane.logUp('POST /v1/chat/sse', text);
-    const request = fetch(API.chat, {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                     body: text, signal: this.controller.signal});
-    return this.consume(request, epoch);
+    return this.consume(this.postChat(body, this.controller.signal), epoch);
   }
 
   resume(after) {
@@ -116,98 +172,50 @@ class FetchSSE {
 
   async consume(request, epoch) {
     const lane = this.lane;
-    let response;
-    try {
-      response = await request;
-    } catch (error) {
-      if (epoch === this.epoch) lane.connectionLost(`fetch failed: ${error.message}`);
-      return;
-    }
-    if (epoch !== this.epoch) return;
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      lane.refused(response.status, body.error || {});
-      return;
-    }
+    const response = await this.accepted(request, epoch);
+    if (!response) return;
     lane.logNote(`HTTP ${response.status} · ${response.headers.get('content-type')} · `
                  + `X-Accel-Buffering: ${response.headers.get('x-accel-buffering') || '—'}`);
     const parser = new SSEParser(
       (sse) => {
-        if (epoch !== this.epoch) return;
-        let event;
-        try {
-          event = JSON.parse(sse.data);
-        } catch {
-          lane.logNote(`undecodable data line: ${sse.raw}`, 'bad');
-          return;
-        }
-        lane.receive(event, {raw: sse.raw, bytes: sse.bytes, sseId: sse.id, sseEvent: sse.event});
+        if (!this.current(epoch)) return;
+        const event = this.decode(sse.data);
+        if (event) lane.receive(event, {raw: sse.raw, bytes: sse.bytes});
       },
-      (comment) => epoch === this.epoch && lane.heartbeat(comment),
+      (comment) => this.current(epoch) && lane.heartbeat(comment),
     );
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     try {
       for (;;) {
         const {value, done} = await reader.read();
-        if (done || epoch !== this.epoch) break;
+        if (done || !this.current(epoch)) break;
         lane.addBytes(value.byteLength);
         parser.feed(decoder.decode(value, {stream: true}));
       }
     } catch (error) {
-      if (epoch === this.epoch) lane.connectionLost(`body read failed: ${error.message}`);
+      if (this.current(epoch)) lane.connectionLost(`body read failed: ${error.message}`);
       return;
     }
-    if (epoch === this.epoch) lane.connectionEnded('the response body ended');
+    if (this.current(epoch)) lane.connectionEnded('the response body ended');
   }
 
-  stop() {
-    return this.lane.postCancel();
-  }
-
-  drop() {
-    this.epoch++;
-    this.controller?.abort();
-    this.lane.logNote('fetch aborted: the TCP connection to the relay is closed');
-  }
-
-  close() {
-    this.epoch++;
+  cut() {
     this.controller?.abort();
   }
 }
 
 /** SSE with the browser's own EventSource, on the resume endpoint. */
-class EventSourceSSE {
-  constructor(lane) {
-    this.lane = lane;
-    this.source = null;
-    this.starter = null;  // the POST that starts the stream, let go once EventSource follows it
-    this.epoch = 0;
-  }
+class EventSourceSSE extends Transport {
+  cutNote = 'EventSource closed by the page (source.close())';
 
   async start(body) {
-    const lane = this.lane;
     const epoch = ++this.epoch;
-    this.starter = new AbortController();
-    const text = JSON.stringify(body);
-    lane.logUp('POST /v1/chat/sse', `${text}\n(EventSource cannot POST a body: this request only starts the stream)`);
-    let response;
-    try {
-      response = await fetch(API.chat, {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                        body: text, signal: this.starter.signal});
-    } catch (error) {
-      if (epoch === this.epoch) lane.connectionLost(`fetch failed: ${error.message}`);
-      return;
-    }
-    if (epoch !== this.epoch) return;
-    if (!response.ok) {
-      const problem = await response.json().catch(() => ({}));
-      lane.refused(response.status, problem.error || {});
-      return;
-    }
-    // The stream now exists on the relay: follow it from the start, then let the POST go.
-    this.follow(-1, epoch);
+    this.starter = new AbortController();  // the POST that starts the stream, let go once EventSource follows it
+    const request = this.postChat(body, this.starter.signal,
+                                  '(EventSource cannot POST a body: this request only starts the stream)');
+    // Once it is accepted, the stream exists on the relay: follow it from the start.
+    if (await this.accepted(request, epoch)) this.follow(-1, epoch);
   }
 
   resume(after) {
@@ -216,36 +224,32 @@ class EventSourceSSE {
 
   follow(after, epoch) {
     const lane = this.lane;
-    const url = API.events(lane.streamId, after);
-    lane.logUp(`new EventSource('${new URL(url).pathname}${new URL(url).search}')`,
+    const url = new URL(API.events(lane.streamId, after));
+    lane.logUp(`new EventSource('${url.pathname}${url.search}')`,
                after < 0 ? 'every event from seq 0' : `every event after seq ${after}`);
     const source = new EventSource(url);
     this.source = source;
-    source.onopen = () => epoch === this.epoch && lane.logNote('EventSource open (readyState OPEN)');
+    source.onopen = () => this.current(epoch) && lane.logNote('EventSource open (readyState OPEN)');
     const deliver = (message) => {
-      if (epoch !== this.epoch) return;
+      if (!this.current(epoch)) return;
       if (this.starter) {
         this.starter.abort();  // EventSource holds the stream now: the starting POST may go
         this.starter = null;
         lane.logNote('EventSource follows the stream: the starting POST is closed');
       }
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch {
-        lane.logNote(`undecodable data: ${message.data}`, 'bad');
-        return;
-      }
+      const event = this.decode(message.data);
+      if (!event) return;
       // EventSource hides the raw lines; this is what it exposes, written back as lines.
       const raw = `id: ${message.lastEventId}\nevent: ${message.type}\ndata: ${message.data}`;
-      lane.addBytes(byteLength(raw) + 2);
-      lane.receive(event, {raw, bytes: byteLength(raw) + 2, sseId: message.lastEventId, sseEvent: message.type});
+      const bytes = byteLength(raw) + 2;
+      lane.addBytes(bytes);
+      lane.receive(event, {raw, bytes});
     };
     for (const type of ['start', 'delta', 'done', 'trace']) source.addEventListener(type, deliver);
     // `event: error` from the relay and EventSource's own connection error share one name:
     // only the relay's is a MessageEvent with data.
     source.addEventListener('error', (event) => {
-      if (epoch !== this.epoch) return;
+      if (!this.current(epoch)) return;
       if (event instanceof MessageEvent && event.data !== undefined) {
         deliver(event);
       } else if (source.readyState === EventSource.CONNECTING) {
@@ -256,31 +260,16 @@ class EventSourceSSE {
     });
   }
 
-  stop() {
-    return this.lane.postCancel();
-  }
-
-  drop() {
-    this.epoch++;
-    this.source?.close();
-    this.lane.logNote('EventSource closed by the page (source.close())');
-  }
-
-  close() {
-    this.epoch++;
+  cut() {
     this.source?.close();
     this.starter?.abort();
     this.starter = null;
   }
 }
 
-/** WebSocket: JSON text frames both ways. */
-class WebSocketClient {
-  constructor(lane) {
-    this.lane = lane;
-    this.socket = null;
-    this.epoch = 0;
-  }
+/** WebSocket: JSON text frames both ways; one socket per lane (the relay allows many streams on one). */
+class WebSocketClient extends Transport {
+  cutNote = 'WebSocket closed by the page';
 
   start(body) {
     this.open({type: 'chat', ...body}, ++this.epoch);
@@ -296,29 +285,23 @@ class WebSocketClient {
     const socket = new WebSocket(API.ws);
     this.socket = socket;
     socket.onopen = () => {
-      if (epoch !== this.epoch) return;
+      if (!this.current(epoch)) return;
       lane.logNote('WebSocket open · keep-alive here is ping/pong control frames, answered by the browser and invisible to JavaScript');
       this.send(first);
     };
     socket.onmessage = (message) => {
-      if (epoch !== this.epoch) return;
+      if (!this.current(epoch)) return;
       const bytes = byteLength(message.data);
       lane.addBytes(bytes);
-      let event;
-      try {
-        event = JSON.parse(message.data);
-      } catch {
-        lane.logNote(`undecodable frame: ${message.data}`, 'bad');
-        return;
-      }
-      if (event.stream_id && event.stream_id !== lane.streamId) return;  // another stream on this socket
+      const event = this.decode(message.data);
+      if (!event || (event.stream_id && event.stream_id !== lane.streamId)) return;  // another stream's
       lane.receive(event, {raw: message.data, bytes});
     };
     socket.onclose = (close) => {
-      if (epoch !== this.epoch) return;
+      if (!this.current(epoch)) return;
       lane.connectionEnded(`WebSocket closed (code ${close.code}${close.reason ? `, ${close.reason}` : ''})`);
     };
-    socket.onerror = () => epoch === this.epoch && lane.logNote('WebSocket error', 'bad');
+    socket.onerror = () => this.current(epoch) && lane.logNote('WebSocket error', 'bad');
   }
 
   send(message) {
@@ -328,22 +311,13 @@ class WebSocketClient {
   }
 
   stop() {
-    if (this.socket?.readyState === WebSocket.OPEN) {
-      this.send({type: 'cancel', stream_id: this.lane.streamId});
-      return Promise.resolve();
-    }
-    return this.lane.postCancel();
+    if (this.socket?.readyState !== WebSocket.OPEN) return super.stop();
+    this.send({type: 'cancel', stream_id: this.lane.streamId});  // in-band, on the same socket
+    return Promise.resolve();
   }
 
-  drop() {
-    this.epoch++;
-    this.socket?.close(1000, 'dropped by the page');
-    this.lane.logNote('WebSocket closed by the page');
-  }
-
-  close() {
-    this.epoch++;
-    if (this.socket && this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000);
+  cut() {
+    if (this.socket && this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000, 'closed by the page');
   }
 }
 
@@ -359,7 +333,7 @@ class Lane {
     this.root = $('#lane-template').content.firstElementChild.cloneNode(true);
     this.root.dataset.lane = String(index);
     this.el = {};
-    for (const name of ['downstream', 'upstream', 'combo', 'status', 'ttft', 'rate', 'events', 'bytes', 'beats',
+    for (const name of ['downstream', 'upstream', 'combo', 'status', 'ttft', 'rate', 'chars', 'events', 'bytes', 'beats',
                         'seqcheck', 'elapsed', 'answer', 'text', 'outcome', 'log', 'log-count',
                         'down-label', 'up-label', 'provider-name', 'lane-name']) {
       this.el[name] = $(`.${name}`, this.root);
@@ -379,9 +353,10 @@ class Lane {
     this.firstAt = null;
     this.lastDeltaAt = null;
     this.endAt = null;
-    this.counts = {events: 0, bytes: 0, beats: 0, deltas: 0, gaps: 0, dupes: 0, resumes: 0};
+    this.counts = {events: 0, bytes: 0, beats: 0, deltas: 0, chars: 0, gaps: 0, dupes: 0, resumes: 0};
     this.terminal = null;
     this.stopTimer = null;
+    delete this.root.dataset.reason;
     this.el.text.textContent = '';
     this.el.log.replaceChildren();
     this.el.outcome.hidden = true;
@@ -425,7 +400,8 @@ class Lane {
     this.el.combo.textContent = this.combo;
     this.el['down-label'].textContent = DOWNSTREAM_LABEL[this.downstream];
     this.el['up-label'].textContent = option ? option.dataset.transport.toUpperCase() : '';
-    this.el['provider-name'].textContent = option ? `${option.value} (mock ${option.dataset.kind})` : 'provider';
+    const kind = option && option.dataset.kind !== option.value ? ` · ${option.dataset.kind}` : '';
+    this.el['provider-name'].textContent = option ? `${option.value}${kind}` : 'provider';
   }
 
   get running() {
@@ -478,7 +454,8 @@ class Lane {
                  + `disconnect_grace_s while it waits for a resume`, 'drop');
     this.transport.drop();
     await sleep(gapMs);
-    if (this.terminal || this.root.dataset.state !== 'resuming') return;
+    // A Stop pressed during the gap still resumes, to receive its done/cancelled.
+    if (this.terminal || !['resuming', 'stopping'].includes(this.root.dataset.state)) return;
     this.transport.resume(after);
   }
 
@@ -540,6 +517,7 @@ class Lane {
         if (this.firstAt === null) this.firstAt = now;
         this.lastDeltaAt = now;
         this.counts.deltas++;
+        this.counts.chars += [...event.text].length;  // code points, as a reader counts them
         this.el.text.append(event.text);
         this.el.answer.scrollTop = this.el.answer.scrollHeight;
         break;
@@ -679,12 +657,14 @@ class Lane {
     el.ttft.textContent = this.firstAt === null ? '–' : ms(this.firstAt);
     const streamed = this.lastDeltaAt !== null && this.lastDeltaAt > this.firstAt ? (this.lastDeltaAt - this.firstAt) / 1000 : 0;
     el.rate.textContent = streamed > 0 ? ((c.deltas - 1) / streamed).toFixed(1) : '–';
+    el.chars.textContent = String(c.chars);
     el.events.textContent = String(c.events);
     el.bytes.textContent = c.bytes.toLocaleString('en');
     el.beats.textContent = String(c.beats);
     if (c.events === 0) el.seqcheck.textContent = '–';
     else if (c.gaps || c.dupes) el.seqcheck.textContent = `✗ ${c.gaps} gaps, ${c.dupes} dupes`;
-    else el.seqcheck.textContent = `✓ 0…${this.lastSeq}${c.resumes ? ` (${c.resumes} resume${c.resumes > 1 ? 's' : ''})` : ''}`;
+    else el.seqcheck.textContent = `✓ 0…${this.lastSeq}${c.resumes ? ` ↻${c.resumes}` : ''}`;
+    el.seqcheck.title = `${c.resumes} resume(s); ${c.gaps} gaps, ${c.dupes} duplicates`;
     el.seqcheck.classList.toggle('bad', Boolean(c.gaps || c.dupes));
     el.elapsed.textContent = now === null ? '–' : ms(now);
   }

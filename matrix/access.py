@@ -1,0 +1,98 @@
+"""Who may use the relay: API keys, short-lived WS tickets, and the Origin allow-list (CORS, CSWSH)."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+
+from aiohttp import web
+
+from .config import Settings
+from .errors import RequestError
+
+CLIENT = web.RequestKey("client", str)  # who sent a request: `key:N`, or `ip:ADDR` with auth off
+
+
+def public(path: str) -> bool:
+    """Liveness and the demo page need no key; everything under /v1/ and /metrics does."""
+    return path in ("/", "/healthz") or path.startswith("/static/")
+
+
+class Access:
+    def __init__(self, settings: Settings) -> None:
+        self._keys = [k.get_secret_value().encode() for k in settings.auth.keys]
+        self._origins = set(settings.server.allowed_origins)
+        self._ticket_ttl = settings.auth.ticket_ttl_s
+        self._tickets: dict[str, tuple[str, float]] = {}  # ticket -> (client, expiry)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, request: web.Request) -> str:
+        """The client id: `key:N` for the Nth configured key, or `ip:ADDR` when auth is off."""
+        if not self._keys:
+            return f"ip:{request.remote}"
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            presented = header[7:].strip().encode()
+            match = None
+            for index, key in enumerate(self._keys):  # compare with every key: no early exit
+                if hmac.compare_digest(presented, key):
+                    match = index
+            if match is not None:
+                return f"key:{match}"
+        elif request.method == "GET" and (ticket := request.query.get("ticket")):
+            # Browsers cannot set headers on WebSocket or EventSource: a ticket from an
+            # authenticated POST /v1/tickets, single use, valid for ticket_ttl_s.
+            client, expiry = self._tickets.pop(ticket, ("", 0.0))
+            if client and expiry > time.monotonic():
+                return client
+            raise RequestError("the ticket is unknown, used or expired", code="unauthorized", status=401)
+        raise RequestError("missing or invalid API key (Authorization: Bearer <key>)", code="unauthorized",
+                           status=401)
+
+    def issue_ticket(self, client: str) -> str:
+        now = time.monotonic()
+        if len(self._tickets) > 10_000:
+            self._tickets = {t: v for t, v in self._tickets.items() if v[1] > now}
+        ticket = secrets.token_urlsafe(24)
+        self._tickets[ticket] = (client, now + self._ticket_ttl)
+        return ticket
+
+    def origin_allowed(self, request: web.Request) -> bool:
+        """No Origin (not a browser), the relay's own origin, or one on the allow-list."""
+        origin = request.headers.get("Origin")
+        return origin is None or origin == f"{request.scheme}://{request.host}" or origin in self._origins
+
+
+CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID",
+                "Access-Control-Max-Age": "600", "Vary": "Origin"}
+
+
+def middleware(access: Access):
+    @web.middleware
+    async def access_control(request: web.Request, handler):
+        origin = request.headers.get("Origin")
+        if not access.origin_allowed(request):
+            # Refused server-side, not only by the browser's CORS: a WebSocket handshake is
+            # not protected by CORS at all (cross-site WebSocket hijacking).
+            raise RequestError(f"origin {origin!r} is not allowed", code="origin_not_allowed", status=403)
+        if request.method == "OPTIONS" and origin:
+            return web.Response(status=204, headers={**CORS_HEADERS, "Access-Control-Allow-Origin": origin})
+        if not public(request.path):
+            request[CLIENT] = access.identify(request)
+        return await handler(request)
+    return access_control
+
+
+def cors_headers(access: Access):
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        """on_response_prepare: streaming responses send their headers early, so add CORS here."""
+        origin = request.headers.get("Origin")
+        if origin is not None and access.origin_allowed(request):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+    return add
