@@ -92,7 +92,7 @@ async def read_some(down: str, base: str, *, body: dict | None = None, stream_id
                         await response.aread()
                         return [{"type": "error", "http_status": response.status_code, **response.json()["error"]}]
                     async for sse in EventSource(response).aiter_sse():
-                        if take(json.loads(sse.data)):
+                        if sse.data and take(json.loads(sse.data)):  # httpx-sse yields `: ping` as empty
                             break
         else:
             async with websockets.connect(base.replace("http", "ws", 1) + "/v1/chat/ws") as ws:
