@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--downstream", choices=("sse", "ws"), default="sse", help="client-side transport")
     chat.add_argument("--upstream", default=None, help="upstream name from GET /v1/upstreams (default: the relay's)")
     chat.add_argument("--url", default="http://127.0.0.1:8080", help="the relay's base URL")
-    chat.add_argument("--trace", action="store_true", help="print every raw frame received from the relay")
+    chat.add_argument("--trace", action="store_true",
+                      help="also print both hops' raw frames: provider frames in/out, and client frames")
+    chat.add_argument("--key", default=os.environ.get("MATRIX_API_KEY"),
+                      help="API key when the relay has [auth] keys (default: $MATRIX_API_KEY)")
 
     commands.add_parser("bench", help="compare the latency and CPU cost of the four combinations",
                         add_help=False, description="See `matrix bench --help`.")

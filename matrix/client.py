@@ -18,22 +18,24 @@ import websockets
 from httpx_sse import aconnect_sse
 
 
-async def sse_events(base: str, body: dict, trace=None) -> AsyncIterator[dict]:
+async def sse_events(base: str, body: dict, headers: dict, trace=None) -> AsyncIterator[dict]:
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
-        async with aconnect_sse(client, "POST", f"{base}/v1/chat/sse", json=body) as source:
+        async with aconnect_sse(client, "POST", f"{base}/v1/chat/sse", json=body, headers=headers) as source:
             if source.response.status_code != 200:
                 await source.response.aread()
                 yield {"type": "error", **source.response.json().get("error", {})}
                 return
             async for sse in source.aiter_sse():
+                if not sse.data:  # a `: ping` keep-alive
+                    continue
                 if trace:
                     trace(f"id: {sse.id}\nevent: {sse.event}\ndata: {sse.data}")
                 yield orjson.loads(sse.data)
 
 
-async def ws_events(base: str, body: dict, trace=None) -> AsyncIterator[dict]:
+async def ws_events(base: str, body: dict, headers: dict, trace=None) -> AsyncIterator[dict]:
     url = base.replace("http", "ws", 1) + "/v1/chat/ws"
-    async with websockets.connect(url, compression=None) as ws:
+    async with websockets.connect(url, compression=None, additional_headers=headers) as ws:
         await ws.send(orjson.dumps({"type": "chat", **body}).decode())
         async for frame in ws:
             if trace:
@@ -55,8 +57,12 @@ async def chat_command(args: argparse.Namespace) -> int:
     if args.upstream:
         body["upstream"] = args.upstream
     base = args.url.rstrip("/")
-    trace = (lambda raw: _show(f"client  <= relay   {args.downstream}", raw)) if args.trace else None
-    events = sse_events(base, body, trace) if args.downstream == "sse" else ws_events(base, body, trace)
+    def trace(raw: str) -> None:  # client frames; trace events are shown as the provider hop below
+        if '"type":"trace"' not in raw:
+            _show(f"client  <= relay   {args.downstream}", raw)
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    stream = sse_events if args.downstream == "sse" else ws_events
+    events = stream(base, body, headers, trace if args.trace else None)
     started = time.perf_counter()
     first = None
     deltas = chars = 0
