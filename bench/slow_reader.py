@@ -33,35 +33,34 @@ async def _sample(pid: int, samples: list[tuple[float, int]], start: float) -> N
 
 async def _read(base: str, downstream: str, prompt: str, pause: float) -> tuple[str, int, str]:
     body = {"messages": [{"role": "user", "content": prompt}], "upstream": "openai"}
-    text, deltas, end = [], 0, ""
-    timeout = aiohttp.ClientTimeout(total=pause + 300)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    text: list[str] = []
+    end = ""
+
+    async def take(event: dict) -> bool:
+        """Keep the event's text; pause once after the third delta; True at the terminal event."""
+        nonlocal end
+        if event["type"] == "delta":
+            text.append(event["text"])
+            if len(text) == 3:
+                await asyncio.sleep(pause)  # the provider keeps writing; the relay must merge, not hoard
+        elif event["type"] in ("done", "error"):
+            end = event["type"]
+            return True
+        return False
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=pause + 300)) as session:
         if downstream == "sse":
             async with session.post(f"{base}/v1/chat/sse", json=body) as response:
                 async for line in response.content:
-                    if line.startswith(b"data: "):
-                        event = json.loads(line[6:])
-                        if event["type"] == "delta":
-                            deltas += 1
-                            text.append(event["text"])
-                            if deltas == 3:
-                                await asyncio.sleep(pause)
-                        elif event["type"] in ("done", "error"):
-                            end = event["type"]
+                    if line.startswith(b"data: ") and await take(json.loads(line[6:])):
+                        break
         else:
             async with session.ws_connect(f"{base}/v1/chat/ws", max_msg_size=0) as ws:
                 await ws.send_str(json.dumps({"type": "chat", **body}))
                 async for message in ws:
-                    event = json.loads(message.data)
-                    if event["type"] == "delta":
-                        deltas += 1
-                        text.append(event["text"])
-                        if deltas == 3:
-                            await asyncio.sleep(pause)
-                    elif event["type"] in ("done", "error"):
-                        end = event["type"]
+                    if await take(json.loads(message.data)):
                         break
-    return "".join(text), deltas, end
+    return "".join(text), len(text), end
 
 
 async def run(tokens: int, pause: float, downstream: str) -> dict:
