@@ -62,9 +62,14 @@ class Access:
         return ticket
 
     def origin_allowed(self, request: web.Request) -> bool:
-        """No Origin (not a browser), the relay's own origin, or one on the allow-list."""
+        """No Origin (not a browser), the relay's own host, or an origin on the allow-list.
+
+        The own-host check compares host[:port] only: behind a TLS-terminating proxy the
+        relay sees `http` while the page is `https`. A proxy that rewrites Host needs the
+        public origin in `server.allowed_origins`.
+        """
         origin = request.headers.get("Origin")
-        return origin is None or origin == f"{request.scheme}://{request.host}" or origin in self._origins
+        return origin is None or origin in self._origins or origin.partition("://")[2] == request.host
 
 
 CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",

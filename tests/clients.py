@@ -33,6 +33,8 @@ async def sse_chat(base: str, body: dict) -> list[dict]:
                 assert source.response.status_code == 200, await source.response.aread()
                 events = []
                 async for sse in source.aiter_sse():
+                    if not sse.data:  # httpx-sse yields a `: ping` comment as an empty event
+                        continue
                     event = json.loads(sse.data)
                     assert sse.event == event["type"] and int(sse.id) == event["seq"]
                     events.append(event)

@@ -20,6 +20,7 @@ import pytest
 from clients import TIMEOUT, expected_text
 from conftest import base_url
 from mock_ai.script import Script
+from test_nginx import NGINX, nginx_in_front
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -212,3 +213,17 @@ async def test_side_by_side_races_two_combinations(relay, page):
     assert combos == ["ws-ws", "sse-sse"]
     assert "first token" in await page.locator("#race-result").text_content()
     await screenshot(page, "race")
+
+
+async def test_page_streams_through_nginx(relay, page, tmp_path):
+    """Served through deploy/nginx.conf, the page streams whole answers on each client transport."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed")
+    prompt = "Through the proxy\n#mock tokens=12 interval_ms=5"
+    async with nginx_in_front(relay, tmp_path) as base:
+        await page.goto(base + "/")
+        await page.wait_for_function("!document.querySelector('#start').disabled")
+        for client in CLIENTS:
+            await run(page, prompt, client, "spark")
+            assert await ended(page) == "done", await page.locator('[data-lane="0"] .outcome').text_content()
+            assert await answer(page) == expected_text(prompt)
