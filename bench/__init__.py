@@ -1,0 +1,1 @@
+"""The comparative latency benchmark of the four combinations (`matrix bench`)."""

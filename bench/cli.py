@@ -1,0 +1,107 @@
+"""`matrix bench`: options, the run on the harness's event loop, and the files it writes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+from matrix.config import COMBOS
+
+from . import chart, render, runner
+from .plan import PHASES, PRESETS, Plan
+from .progress import Progress
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EPILOG = """examples:
+  matrix bench --quick                                  # < 2 min, writes bench/results/quick.*
+  matrix bench                                          # full run, < 10 min, writes bench/results/full.*
+  matrix bench --quick --combos sse-sse --levels 50 --phases paced   # one combination, ~15 s
+"""
+
+
+def _list(kind):
+    return lambda text: tuple(kind(x) for x in text.split(",") if x)
+
+
+def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="matrix bench", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="under 2 minutes")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="under 10 minutes (default)")
+    mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="a few seconds (smoke test)")
+    p.add_argument("--combos", type=_list(str), help=f"comma list of {','.join(COMBOS)}")
+    p.add_argument("--levels", type=_list(int), help="concurrent relayed streams per paced window, e.g. 1,50,200")
+    p.add_argument("--reps", type=int, help="paced repetitions")
+    p.add_argument("--tokens", type=int, help="tokens per paced stream")
+    p.add_argument("--interval-ms", type=float, help="pause between tokens (20 = 50 tok/s)")
+    p.add_argument("--probes", type=int, help="direct and nginx reference streams per paced window")
+    p.add_argument("--phases", type=_list(str), help=f"comma list of {','.join(PHASES)}")
+    p.add_argument("--sse-upstream", choices=("openai", "baidu"), help="the SSE vendor (default openai)")
+    p.add_argument("--no-nginx", dest="nginx", action="store_const", const=False, help="skip the nginx reference")
+    p.add_argument("--relay-uvloop", action="store_const", const=True, help="run the relay on uvloop")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    p.add_argument("--name", help="file name stem (default: the mode; 'adhoc' when options narrow the run)")
+    p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    args = p.parse_args(argv)
+    base = PRESETS[args.mode or "full"]
+    plan = base.replace(combos=args.combos, levels=args.levels, reps=args.reps, tokens=args.tokens,
+                        interval_ms=args.interval_ms, probes=args.probes, phases=args.phases,
+                        sse_upstream=args.sse_upstream, nginx=args.nginx, relay_uvloop=args.relay_uvloop)
+    bad = [c for c in plan.combos if c not in COMBOS] + [x for x in plan.phases if x not in PHASES]
+    if bad or not plan.combos or not plan.levels or min(plan.levels) < 1 or plan.reps < 1:
+        p.error(f"bad value(s): {', '.join(map(str, bad)) or 'empty or non-positive list'}")
+    if args.name is None:
+        args.name = plan.mode if plan == base else "adhoc"
+    return plan.replace(budget_s=plan.budget_s or 2 * plan.estimate_s()), args
+
+
+def _loop_factory(plan: Plan):
+    if plan.harness_uvloop:
+        try:
+            import uvloop
+            return uvloop.new_event_loop
+        except ImportError:
+            pass
+    return None
+
+
+def write(report: dict, out: Path, name: str, with_chart: bool) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.json", out / f"{name}.md"]
+    png = out / f"{name}.png"
+    drawn = with_chart and chart.available()
+    if drawn:
+        paths.append(chart.draw(report, png))
+    report["chart"] = png.name if drawn else None
+    paths[0].write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+    paths[1].write_text(render.markdown(report, report["chart"]))
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    plan, args = parse(argv)
+    progress = Progress(runner.steps(plan))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(plan)) as loop:
+            report = loop.run(runner.run(plan, progress))
+    except TimeoutError:
+        progress.close()
+        print(f"matrix bench: stopped after its time budget of {plan.budget_s:.0f} s", file=sys.stderr)
+        return 1
+    except (RuntimeError, OSError) as exc:
+        progress.close()
+        print(f"matrix bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress.close()
+        return 130
+    progress.close()
+    paths = write(report, args.out, args.name, not args.no_chart)
+    print(render.terminal(report))
+    print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,69 @@
+"""The issue's performance goals, each with the measured value per combination beside its target."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def _median(cell: dict | None, key: str) -> float | None:
+    value = (cell or {}).get(key)
+    return value.get("median") if isinstance(value, dict) else value
+
+
+def _row(goal: str, target: str, values: dict[str, float | None], ok: Callable[[float], bool],
+         unit: str, note: str = "") -> dict:
+    known = {c: v for c, v in values.items() if v is not None}
+    missed = [c for c, v in known.items() if not ok(v)]
+    met = None if not known else not missed
+    measured = " · ".join(f"{c} {v:,.{_digits(v)}f}{unit}" if v is not None else f"{c} n/a"
+                          for c, v in values.items()) or "n/a"
+    return {"goal": goal, "target": target, "values": values, "measured": measured + (f" ({note})" if note else ""),
+            "met": met, "missed": missed}
+
+
+def _digits(value: float) -> int:
+    return 0 if abs(value) >= 100 or float(value).is_integer() else 2
+
+
+def evaluate(report: dict) -> list[dict]:
+    plan = report["plan"]
+    combos, gate, load = plan["combos"], str(plan["gate_level"]), str(plan["load_level"])
+    paced = (report.get("paced") or {}).get("summary") or {}
+    at_load = {c: (paced.get(c) or {}).get(load) for c in combos}
+    at_gate = {c: (paced.get(c) or {}).get(gate) for c in combos}
+    rate = f"{1000 / plan['interval_ms']:g} tok/s"
+    rows = []
+    if paced:
+        nginx = "" if any(_median(at_load[c], "ratio_to_nginx") for c in combos) else "nginx not on PATH"
+        rows += [
+            _row(f"relay CPU per token vs nginx, {load} streams × {rate}, same window", "≤ 2.0× (stretch ≤ 1.5×)",
+                 {c: _median(at_load[c], "ratio_to_nginx") for c in combos}, lambda v: v <= 2.0, "×", nginx),
+            _row(f"throughput: tokens/s per core, paced ({load} streams)", "≥ 15,000",
+                 {c: _median(at_load[c], "tokens_per_s_per_core") for c in combos}, lambda v: v >= 15_000, ""),
+            _row(f"relay CPU at {load} streams × {rate} (10,000 tokens/s at 200 × 50)", "≤ 70 % of one core",
+                 {c: _median(at_load[c], "relay_pct_core") for c in combos}, lambda v: v <= 70, " %"),
+            _row("tokens lost through the relay (all paced windows)", "0",
+                 {c: float(sum(cell.get("relay_lost", 0) for cell in (paced.get(c) or {}).values())) for c in combos},
+                 lambda v: v == 0, ""),
+            _row(f"added latency p50 at {gate} streams × {rate} vs direct, same window", "≤ 0.5 ms",
+                 {c: _median(at_gate[c], "added_p50_ms") for c in combos}, lambda v: v <= 0.5, " ms"),
+            _row(f"added latency p99 at {gate} streams × {rate} vs direct, same window", "≤ 1.0 ms",
+                 {c: _median(at_gate[c], "added_p99_ms") for c in combos}, lambda v: v <= 1.0, " ms"),
+        ]
+    ttft = (report.get("ttft") or {}).get("added_p50_ms")
+    if ttft is not None:
+        sse_up = [c for c in combos if c.endswith("-sse")]
+        rows.append(_row("added time to first token p50, SSE upstream with connection reuse", "≤ 2 ms",
+                         {c: ttft.get(c) for c in sse_up}, lambda v: v <= 2.0, " ms"))
+    if paced:
+        rows.append(_row(f"memory per idle relayed stream (no compression, {load} streams)", "≤ 40 KiB",
+                         {c: _median(at_load[c], "idle_kib_per_stream") for c in combos}, lambda v: v <= 40, " KiB"))
+    stop = report.get("stop")
+    if stop:
+        refs = ", ".join(f"{label} {stop[label]['p99']:.2f} ms" for label in stop
+                         if label.startswith("direct-") and stop[label].get("p99") is not None)
+        rows.append(_row("stop → provider connection closed, p99", "≤ 50 ms",
+                         {c: (stop.get(c) or {}).get("p99") for c in combos}, lambda v: v <= 50, " ms",
+                         f"not closed: {sum(stop[c].get('not_closed', 0) for c in combos if c in stop)}"
+                         + (f"; client-closed direct reference p99: {refs}" if refs else "")))
+    return rows

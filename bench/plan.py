@@ -1,0 +1,66 @@
+"""What a run measures: the presets (tiny, quick, full) and the options that narrow them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from matrix.config import COMBOS
+
+PHASES = ("paced", "ttft", "burst", "stop")
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str = "full"
+    combos: tuple[str, ...] = COMBOS
+    levels: tuple[int, ...] = (1, 50, 200)   # relayed streams at once, each at 1000/interval_ms tok/s
+    reps: int = 5                 # paced repetitions, shuffled order, after a warm-up per window
+    tokens: int = 200             # per paced stream (4 s at 50 tok/s)
+    interval_ms: float = 20.0     # 50 tokens/s
+    probes: int = 8               # direct (and nginx) reference streams in every paced window
+    hold_s: float = 0.6           # all streams open and idle before the first token (idle RSS)
+    fresh_relay: bool = True      # restart the relay before each paced window
+    retries: int = 10             # paced windows re-run, per run, when processes outside the bench disturbed them
+    ttft_requests: int = 40       # sequential requests per route
+    burst_tokens: int = 2000
+    burst_reps: int = 5
+    stop_streams: int = 30        # per combination
+    sse_upstream: str = "openai"
+    ws_upstream: str = "spark"
+    phases: tuple[str, ...] = PHASES
+    nginx: bool = True
+    relay_uvloop: bool = False
+    harness_uvloop: bool = True
+    budget_s: float = 0.0         # hard stop for the whole run; 0: twice estimate_s()
+
+    def upstream(self, transport: str) -> str:
+        return self.sse_upstream if transport == "sse" else self.ws_upstream
+
+    @property
+    def gate_level(self) -> int:
+        """The level the latency goals are read at: 50 streams, else the nearest measured."""
+        return min(self.levels, key=lambda n: (abs(n - 50), -n))
+
+    @property
+    def load_level(self) -> int:
+        """The level the CPU and memory goals are read at: the highest (200 by default)."""
+        return max(self.levels)
+
+    def estimate_s(self) -> float:
+        """A generous guess of the run's length, for the hard stop of a narrowed or widened run."""
+        windows = self.reps * len(self.combos) * len(self.levels) if "paced" in self.phases else 0
+        per_window = 1.5 + self.hold_s + self.tokens * self.interval_ms / 1000 + max(self.levels) * 0.008
+        return 20 + (windows + self.retries) * per_window + self.ttft_requests * 0.1 + self.burst_reps * 2 + len(self.combos) * 3
+
+    def replace(self, **changes) -> Plan:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PRESETS = {
+    "full": Plan(),
+    "quick": Plan(mode="quick", reps=2, tokens=60, hold_s=0.5, retries=4, ttft_requests=15, burst_reps=2,
+                  stop_streams=10),
+    "tiny": Plan(mode="tiny", levels=(2,), reps=1, tokens=8, interval_ms=10.0, probes=2, hold_s=0.2,
+                 fresh_relay=False, retries=0, ttft_requests=2, burst_tokens=200, burst_reps=1, stop_streams=2),
+}
