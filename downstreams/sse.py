@@ -45,6 +45,10 @@ async def resume(request: web.Request) -> web.StreamResponse:
         after = int(raw)
     except ValueError as exc:
         raise RequestError(f"Last-Event-ID must be an event seq, got {raw[:40]!r}", code="invalid_request") from exc
+    if stream.finished and after == stream.last_seq:
+        # The client has everything. 204 is what tells EventSource to stop reconnecting
+        # (WHATWG HTML, server-sent events: "fail the connection").
+        return web.Response(status=204)
     stream.read(after)  # refuse a gap before the response starts
     relay.metrics.resumes.labels("sse").inc()
     return await follow(request, stream, after)

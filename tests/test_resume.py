@@ -94,3 +94,13 @@ async def test_query_last_event_id_for_eventsource_first_connect(graceful):
         response = await client.get(f"{graceful}/v1/streams/{sid}/events?last_event_id=2")
     datas = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
     assert datas == full[3:]
+
+
+async def test_resume_after_the_end_is_204(graceful):
+    """Resuming after the terminal event is 204 No Content, which tells EventSource to stop reconnecting."""
+    sid = uuid.uuid4().hex[:12]
+    full = await read_some("ws", graceful, body={**chat_body("end\n#mock tokens=2 interval_ms=0", "openai"),
+                                                 "stream_id": sid})
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{graceful}/v1/streams/{sid}/events", headers={"Last-Event-ID": str(full[-1]["seq"])})
+    assert response.status_code == 204 and response.content == b""
