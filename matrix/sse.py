@@ -50,6 +50,8 @@ class Decoder:
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if not chunk:
+            return []  # an empty read must not forget a CR waiting for its LF
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across two reads
         self._pending_cr = False
