@@ -15,6 +15,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from matrix.config import StreamConfig, UpstreamConfig
+from matrix.idle import IdleTimeout
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from matrix.request import ChatRequest
 from matrix.sse import Decoder
@@ -31,8 +32,9 @@ class SSEUpstream:
         self.kind = config.kind
         self.config = config
         self._dialect_cls = dialect_cls
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=stream_config.upstream_connect_timeout_s,
-                                              sock_read=stream_config.upstream_idle_timeout_s)
+        # No sock_read: aiohttp re-arms that timer on every chunk; IdleTimeout is per period.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=stream_config.upstream_connect_timeout_s)
+        self._idle_timeout = stream_config.upstream_idle_timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -60,6 +62,7 @@ class SSEUpstream:
                 raise dialect.http_error(response.status, await _read_bounded(response))
             items = self._items(response, dialect, finished, tap)
             yield items
+            await items.aclose()  # disarms its idle timer before the drain below
             if finished:  # the answer is complete: read the few bytes left so the connection is reused
                 with suppress(asyncio.TimeoutError, aiohttp.ClientError):
                     await asyncio.wait_for(response.content.read(), timeout=1.0)
@@ -76,16 +79,18 @@ class SSEUpstream:
         decoder = Decoder()
         parse = dialect.parse
         try:
-            async for chunk in response.content.iter_any():
-                if tap:  # each network read as it came, splits included
-                    tap("in", chunk.decode("utf-8", "backslashreplace"))
-                for event in decoder.feed(chunk):
-                    for item in parse(event.event, event.data):
-                        if item.__class__ is not str:
-                            finished.append(True)
-                        yield item
+            async with IdleTimeout(self._idle_timeout) as timer:
+                async for chunk in response.content.iter_any():
+                    timer.ticks += 1
+                    if tap:  # each network read as it came, splits included
+                        tap("in", chunk.decode("utf-8", "backslashreplace"))
+                    for event in decoder.feed(chunk):
+                        for item in parse(event.event, event.data):
+                            if item.__class__ is not str:
+                                finished.append(True)
+                            yield item
         except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(f"{self.name}: no data for {self._timeout.sock_read:g}s") from exc
+            raise UpstreamTimeout(f"{self.name}: no data for {self._idle_timeout:g}s") from exc
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamProtocolError(f"{self.name}: the provider broke off the response body") from exc
         except aiohttp.ClientError as exc:

@@ -14,6 +14,7 @@ import websockets
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
 
 from matrix.config import StreamConfig, UpstreamConfig
+from matrix.idle import IdleTimeout
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from matrix.request import ChatRequest
 from matrix.upstream import Item, Tap
@@ -58,13 +59,12 @@ class WSUpstream:
             await ws.close()
 
     async def _items(self, ws, dialect, tap: Tap | None) -> AsyncIterator[Item]:
-        loop = asyncio.get_running_loop()
         parse = dialect.parse
         idle = self._idle_timeout
         try:
-            async with asyncio.timeout(idle) as timer:
+            async with IdleTimeout(idle) as timer:
                 async for message in ws:
-                    timer.reschedule(loop.time() + idle)
+                    timer.ticks += 1
                     if tap:
                         tap("in", message if isinstance(message, str) else message.decode("utf-8", "replace"))
                     for item in parse(message):
