@@ -60,11 +60,11 @@ async def follow(request: web.Request, stream: Stream, after: int) -> web.Stream
     response = web.StreamResponse(headers=sse.HEADERS)
     limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
     await response.prepare(request)
-    watchdog = Watchdog(ping=lambda: response.write(sse.PING), abort=lambda: request.transport and request.transport.abort(),
+    watchdog = Watchdog(ping=lambda: response.write(sse.PING),
+                        abort=lambda: request.transport and request.transport.abort(),
                         heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s)
-    guard = asyncio.get_running_loop().create_task(watchdog.run())
     try:
-        with relay.reader(stream):
+        with watchdog, relay.reader(stream):
             async for batch in stream.follow(after):
                 watchdog.writing = True
                 await response.write(sse.frames(batch))
@@ -77,7 +77,6 @@ async def follow(request: web.Request, stream: Stream, after: int) -> web.Stream
         if isinstance(exc, asyncio.CancelledError):
             raise
     finally:
-        guard.cancel()
         relay.metrics.heartbeats.inc(watchdog.pings)
         if watchdog.gave_up:
             relay.metrics.slow_clients.labels("sse").inc()

@@ -34,17 +34,16 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     socket = Socket(relay, ws, request[CLIENT], Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
                                         heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s))
-    guard = asyncio.get_running_loop().create_task(socket.watchdog.run())
     event(log, "ws open", client=request[CLIENT])
     try:
-        async for message in ws:
-            if message.type is WSMsgType.TEXT:
-                await socket.handle(message.data)
-            elif message.type is WSMsgType.BINARY:
-                await socket.refuse(RequestError("binary frames are not accepted; send JSON text frames",
-                                                 code="unsupported_frame"))
+        with socket.watchdog:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    await socket.handle(message.data)
+                elif message.type is WSMsgType.BINARY:
+                    await socket.refuse(RequestError("binary frames are not accepted; send JSON text frames",
+                                                     code="unsupported_frame"))
     finally:
-        guard.cancel()
         await socket.close()
         if socket.watchdog.gave_up:
             relay.metrics.slow_clients.labels("ws").inc()

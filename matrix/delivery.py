@@ -28,7 +28,13 @@ def limit_send_buffer(transport: asyncio.BaseTransport | None, size: int) -> Non
 
 
 class Watchdog:
-    __slots__ = ("writes", "writing", "pings", "gave_up", "_ping", "_abort", "_heartbeat_s", "_send_timeout_s")
+    """Use as `with Watchdog(...) as w:` around a connection's life; writers bump `writes`.
+
+    A timer callback, not a task: an idle connection costs one timer handle.
+    """
+
+    __slots__ = ("writes", "writing", "pings", "gave_up", "_ping", "_abort", "_heartbeat_s", "_send_timeout_s",
+                 "_tick_s", "_seen", "_quiet_since", "_handle", "_pinging")
 
     def __init__(self, *, ping: Callable[[], Awaitable[object]] | None, abort: Callable[[], None],
                  heartbeat_s: float, send_timeout_s: float) -> None:
@@ -40,28 +46,40 @@ class Watchdog:
         self._abort = abort
         self._heartbeat_s = heartbeat_s
         self._send_timeout_s = send_timeout_s
+        self._tick_s = min(heartbeat_s if ping else send_timeout_s, send_timeout_s) / 4
+        self._pinging: asyncio.Task | None = None
 
-    async def run(self) -> None:
+    def __enter__(self) -> "Watchdog":
         loop = asyncio.get_running_loop()
-        period = min(self._heartbeat_s if self._ping else self._send_timeout_s, self._send_timeout_s)
-        tick = period / 4
-        seen, quiet_since = self.writes, loop.time()
-        while True:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            if self.writes != seen:
-                seen, quiet_since = self.writes, now
-            elif self.writing:
-                if now - quiet_since >= self._send_timeout_s:
-                    self.gave_up = True
-                    self._abort()
-                    return
-            elif self._ping is not None and now - quiet_since >= self._heartbeat_s:
-                try:
-                    await asyncio.wait_for(self._ping(), self._send_timeout_s)
-                except (asyncio.TimeoutError, ConnectionError):
-                    self.gave_up = True
-                    self._abort()
-                    return
-                self.pings += 1
-                seen, quiet_since = self.writes, loop.time()
+        self._seen, self._quiet_since = self.writes, loop.time()
+        self._handle = loop.call_later(self._tick_s, self._tick)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.cancel()
+        if self._pinging is not None:
+            self._pinging.cancel()
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.writes != self._seen:
+            self._seen, self._quiet_since = self.writes, now
+        elif self.writing:
+            if now - self._quiet_since >= self._send_timeout_s:
+                self.gave_up = True
+                self._abort()
+                return
+        elif self._ping is not None and now - self._quiet_since >= self._heartbeat_s:
+            self.writing = True
+            self._pinging = loop.create_task(self._send_ping())
+        self._handle = loop.call_later(self._tick_s, self._tick)
+
+    async def _send_ping(self) -> None:
+        try:
+            await self._ping()
+        except ConnectionError:
+            return  # the client is gone; its follower notices on its own
+        self.writing = False
+        self.pings += 1
+        self.writes += 1
