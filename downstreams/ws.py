@@ -32,8 +32,9 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, compress=False, max_msg_size=server.max_ws_frame_bytes)
     limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
     await ws.prepare(request)
-    socket = Socket(relay, ws, request[CLIENT], Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
-                                        heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s))
+    watchdog = Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
+                        heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s)
+    socket = Socket(relay, ws, request[CLIENT], watchdog)
     event(log, "ws open", client=request[CLIENT])
     try:
         with socket.watchdog:
