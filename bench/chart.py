@@ -73,6 +73,7 @@ def draw(report: dict, path: Path) -> Path:
     combos, gate, load = plan["combos"], str(plan["gate_level"]), str(plan["load_level"])
     summary = (report.get("paced") or {}).get("summary", {})
     levels = sorted({lv for c in summary.values() for lv in c}, key=int)
+    loaded = [lv for lv in levels if int(lv) > 1] or levels  # 1 stream costs ~4x per token: it would flatten the rest
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     _cdf(axes[0][0], report, gate)
     _bars(axes[0][1], combos, [(p, [_spread(summary[c].get(gate, {}), f"added_{p}_ms") for c in combos])
@@ -80,7 +81,7 @@ def draw(report: dict, path: Path) -> Path:
           f"Added latency vs direct at {gate} streams (median, min–max)", "ms",
           [(0.5, "p50 goal 0.5"), (1.0, "p99 goal 1.0")])
     _bars(axes[1][0], combos, [(f"{lv} streams", [_spread(summary[c].get(lv, {}), "relay_us_per_token") for c in combos])
-                               for lv in levels], "Relay CPU per token (median, min–max)", "µs of CPU per token")
+                               for lv in loaded], "Relay CPU per token (median, min–max)", "µs of CPU per token")
     if any((summary[c].get(load) or {}).get("ratio_to_nginx") for c in combos):
         _bars(axes[1][1], combos, [("× nginx", [_spread(summary[c].get(load, {}), "ratio_to_nginx") for c in combos])],
               f"Relay CPU per token ÷ nginx, {load} streams, same window", "ratio",

@@ -47,6 +47,7 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     p.add_argument("--name", help="file name stem (default: the mode; 'adhoc' when options narrow the run)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only redraw the Markdown and PNG of a saved run")
     args = p.parse_args(argv)
     base = PRESETS[args.mode or "full"]
     plan = base.replace(combos=args.combos, levels=args.levels, reps=args.reps, tokens=args.tokens,
@@ -85,6 +86,11 @@ def write(report: dict, out: Path, name: str, with_chart: bool) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     plan, args = parse(argv)
+    if args.render:
+        report = orjson.loads(args.render.read_bytes())
+        paths = write(report, args.render.parent, args.render.stem, not args.no_chart)
+        print(render.terminal(report) + "\n\nwrote " + ", ".join(str(p) for p in paths))
+        return 0
     progress = Progress(runner.steps(plan))
     try:
         with asyncio.Runner(loop_factory=_loop_factory(plan)) as loop:

@@ -59,7 +59,7 @@ class Plan:
 
 PRESETS = {
     "full": Plan(),
-    "quick": Plan(mode="quick", reps=2, tokens=60, hold_s=0.5, retries=4, ttft_requests=15, burst_reps=2,
+    "quick": Plan(mode="quick", reps=2, tokens=60, hold_s=0.5, retries=2, ttft_requests=15, burst_reps=2,
                   stop_streams=10),
     "tiny": Plan(mode="tiny", levels=(2,), reps=1, tokens=8, interval_ms=10.0, probes=2, hold_s=0.2,
                  fresh_relay=False, retries=0, ttft_requests=2, burst_tokens=200, burst_reps=1, stop_streams=2),
