@@ -17,6 +17,7 @@ from . import access
 from .config import Settings
 from .errors import MatrixError, RequestError
 from .keys import ACCESS, CLIENT, RELAY
+from .logs import install_filters as install_log_filters
 from .relay import Relay
 
 log = logging.getLogger("matrix.app")
@@ -34,6 +35,7 @@ async def errors_as_json(request: web.Request, handler):
 
 
 def create_app(settings: Settings) -> web.Application:
+    install_log_filters()
     relay = Relay(settings, {name: upstreams.build(name, cfg, settings.stream)
                              for name, cfg in settings.upstreams.items()})
     guard = access.Access(settings)

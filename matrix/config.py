@@ -106,6 +106,14 @@ class UpstreamConfig(BaseModel):
 
     _resolve = field_validator("*", mode="before")(classmethod(lambda cls, v: _resolve_env(v)))
 
+    @model_validator(mode="after")
+    def _scheme_matches_kind(self) -> "UpstreamConfig":
+        schemes = ("ws://", "wss://") if self.transport == "ws" else ("http://", "https://")
+        if not self.url.startswith(schemes):
+            # Only the scheme is named: the URL itself could carry a key in its query.
+            raise ValueError(f"a {self.kind} url must start with {' or '.join(schemes)}")
+        return self
+
     @property
     def transport(self) -> str:
         return TRANSPORT_OF_KIND[self.kind]
@@ -189,4 +197,7 @@ def load(path: str | Path | None = None, **overrides: Any) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        # Location and reason only: pydantic's own text quotes the input, secrets included.
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+                             for e in exc.errors(include_input=False, include_url=False))
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -11,6 +11,7 @@ import sys
 import time
 
 import orjson
+from aiohttp.http_exceptions import BadHttpMessage
 
 
 class JSONFormatter(logging.Formatter):
@@ -23,6 +24,27 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
+
+
+class ClientGarbage(logging.Filter):
+    """Demote aiohttp's "Error handling request" for a client's malformed HTTP to debug.
+
+    aiohttp logs those at ERROR with a traceback, so any client could flood the error log;
+    the client already got its 400.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage) and record.levelno > logging.DEBUG:
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def install_filters() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientGarbage) for f in server.filters):
+        server.addFilter(ClientGarbage())
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:

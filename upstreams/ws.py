@@ -7,17 +7,24 @@ this hop, research/performance.md); the provider's frames are small JSON text.
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import websockets
-from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus, WebSocketException
 
 from matrix.config import StreamConfig, UpstreamConfig
 from matrix.idle import IdleTimeout
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from matrix.request import ChatRequest
 from matrix.upstream import Item, Tap
+
+
+# websockets logs the request line (the signed URL) at debug level: keep it quiet whatever
+# level the operator chooses.
+_QUIET = logging.getLogger("matrix.upstreams.ws.protocol")
+_QUIET.setLevel(logging.WARNING)
 
 
 class WSUpstream:
@@ -37,12 +44,13 @@ class WSUpstream:
         try:
             ws = await websockets.connect(dialect.ws_url(), open_timeout=self._connect_timeout,
                                           compression=None, max_size=4 * 2**20, ping_interval=None,
-                                          close_timeout=1.0, user_agent_header=None)
+                                          close_timeout=1.0, user_agent_header=None, logger=_QUIET)
         except InvalidStatus as exc:
-            raise dialect.handshake_error(exc.response.status_code, exc.response.body or b"") from exc
-        except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
-            # Never put the signed URL in the message: its signature stays valid for minutes.
-            raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from exc
+            raise dialect.handshake_error(exc.response.status_code, exc.response.body or b"") from None
+        except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
+            # Never the signed URL, not even in the chained exception: its query carries a
+            # signature that stays valid for minutes.
+            raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from None
         items = None
         try:
             request = dialect.ws_request(chat)
