@@ -31,7 +31,10 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     # aiohttp's heartbeat sends protocol pings and closes the socket when no pong comes back.
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, compress=False, max_msg_size=server.max_ws_frame_bytes)
     limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        return ws  # the client left during the handshake: nothing to serve, nothing to log
     watchdog = Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
                         heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s)
     socket = Socket(relay, ws, request[CLIENT], watchdog)

@@ -10,6 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -112,6 +113,13 @@ class UpstreamConfig(BaseModel):
         if not self.url.startswith(schemes):
             # Only the scheme is named: the URL itself could carry a key in its query.
             raise ValueError(f"a {self.kind} url must start with {' or '.join(schemes)}")
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError(f"a {self.kind} url has an invalid host or port") from None
+        if not parts.hostname:
+            raise ValueError(f"a {self.kind} url has no host")
         return self
 
     @property

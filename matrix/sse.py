@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .errors import UpstreamProtocolError
 from .events import Event, encode
 
 PING = b": ping\n\n"
+MAX_LINE = 4 * 2**20  # a provider line longer than this is broken, not a big token
 HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -61,6 +63,8 @@ class Decoder:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buffer.split(b"\n")
         self._buffer = lines.pop()
+        if len(self._buffer) > MAX_LINE:
+            raise UpstreamProtocolError(f"a provider SSE line exceeds {MAX_LINE} bytes without ending")
         out: list[ServerSentEvent] = []
         for line in lines:
             if not line:

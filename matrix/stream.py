@@ -96,8 +96,8 @@ class Stream:
         """Every event with seq > after, committing waiting text as one delta first."""
         if self._pending:
             self._commit_pending()
-        if after > self.last_seq:
-            raise RequestError(f"stream {self.id} has no seq {after} yet (last is {self.last_seq})",
+        if after < -1 or after > self.last_seq:
+            raise RequestError(f"stream {self.id} has no seq {after} (last is {self.last_seq}; -1 means from the start)",
                                code="invalid_seq")
         start = after + 1 - self._first_seq
         if start < 0:

@@ -59,3 +59,16 @@ def test_decoder_reports_unfinished_event():
     decoder = Decoder()
     decoder.feed(b"data: {\"partial\"")
     assert decoder.pending
+
+
+def test_decoder_refuses_an_endless_line():
+    """A provider line that never ends is a protocol error once it passes MAX_LINE, not unbounded memory."""
+    import pytest
+
+    from matrix.errors import UpstreamProtocolError
+    from matrix.sse import MAX_LINE
+
+    decoder = Decoder()
+    decoder.feed(b"data: " + b"x" * (MAX_LINE // 2))
+    with pytest.raises(UpstreamProtocolError):
+        decoder.feed(b"x" * MAX_LINE)
