@@ -470,10 +470,8 @@ def test_config_errors_hold_no_secret(tmp_path, monkeypatch, name):
                                  "ws://[::1/v3.5/chat", "ws:///v3.5/chat", "http://spark.example/v3.5/chat"])
 def test_unusable_spark_urls_are_refused_at_load(tmp_path, monkeypatch, url):
     """A Spark url the WS client cannot use is a config error at load, naming the field, not a failure per stream."""
-    # BUG (matrix/config.py UpstreamConfig._scheme_matches_kind checks the scheme only): a bad
-    # port or host passes, and then every stream fails: `internal` with an ERROR traceback
-    # (ValueError from urllib, raised past upstreams/ws.py) or a retryable upstream_unavailable
-    # (InvalidURI) that no retry can cure. The signed URL is built only after these checks.
+    # Regression: a bad port or host once passed the load check, and then every stream failed
+    # with an ERROR traceback (ValueError from urllib) or an upstream_unavailable no retry cures.
     for key, value in SECRETS.items():
         monkeypatch.setenv(key, value)
     path = tmp_path / "spark.toml"
