@@ -97,8 +97,8 @@ class Stream:
         if self._pending:
             self._commit_pending()
         if after < -1 or after > self.last_seq:
-            raise RequestError(f"stream {self.id} has no seq {after} (last is {self.last_seq}; -1 means from the start)",
-                               code="invalid_seq")
+            raise RequestError(f"stream {self.id} has no seq {after} "
+                               f"(last is {self.last_seq}; -1 means from the start)", code="invalid_seq")
         start = after + 1 - self._first_seq
         if start < 0:
             raise ResumeGap(f"stream {self.id}: events after seq {after} are no longer buffered "

@@ -3,7 +3,6 @@
 import asyncio
 import json
 
-import aiohttp
 import httpx
 import pytest
 import websockets

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import websockets
 
-from clients import TIMEOUT, chat_body, expected_text
+from clients import chat_body, expected_text
 from test_browser import CHROMIUM, WAIT_MS, browser, page  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} missing")

@@ -1,7 +1,6 @@
 """Graceful shutdown of a real `matrix serve` process: drain, then end the rest clearly, exit 0."""
 
 import asyncio
-import os
 import signal
 import socket
 import sys
