@@ -65,17 +65,17 @@ class Stream:
     def finish(self, reason: str, usage: dict[str, int] | None = None) -> None:
         if self._terminal is None:
             self.usage = usage or self.usage
-            self._end(Done(self.id, 0, reason, self.usage))
+            self._commit_pending()  # the text first, so the terminal event is numbered after it
+            self._end(Done(self.id, self._next_seq, reason, self.usage))
 
     def fail(self, exc: MatrixError) -> None:
         if self._terminal is None:
-            self._end(Error(self.id, 0, exc.code, exc.message, exc.retryable, exc.upstream_code))
+            self._commit_pending()
+            self._end(Error(self.id, self._next_seq, exc.code, exc.message, exc.retryable, exc.upstream_code))
 
     def _end(self, event: Event) -> None:
-        self._commit_pending()
-        # Number the terminal event here, once, so every reader sees the same seq.
-        self._terminal = type(event)(**{**_fields(event), "seq": self._next_seq})
-        self._append(self._terminal)
+        self._terminal = event
+        self._append(event)
         self._wake()
 
     # -- reader side (downstream pumps) ---------------------------------------------
@@ -149,7 +149,3 @@ class Stream:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-
-
-def _fields(event: Event) -> dict:
-    return {name: getattr(event, name) for name in event.__slots__ if name != "type"}
