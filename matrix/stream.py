@@ -19,6 +19,10 @@ from .events import Delta, Done, Error, Event, Start, Trace
 
 
 class Stream:
+    __slots__ = ("id", "upstream", "combo", "_merge_at", "_max_events", "_events", "_first_seq", "_next_seq",
+                 "_pending", "_terminal", "_waiters", "has_text", "pieces", "first_text_at", "started_at",
+                 "owner", "usage")  # no per-stream __dict__: idle streams are the memory budget
+
     def __init__(self, stream_id: str, upstream: str, combo: str, *,
                  merge_at: int = 256, max_events: int = 100_000) -> None:
         self.id = stream_id
