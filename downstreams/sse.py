@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from matrix import sse
-from matrix.delivery import Watchdog, limit_send_buffer
+from matrix.delivery import Watchdog
 from matrix.errors import RequestError
 from matrix.keys import CLIENT, RELAY
 from matrix.logs import event
@@ -56,13 +56,9 @@ async def resume(request: web.Request) -> web.StreamResponse:
 
 async def follow(request: web.Request, stream: Stream, after: int) -> web.StreamResponse:
     relay = request.app[RELAY]
-    cfg = relay.settings.stream
     response = web.StreamResponse(headers=sse.HEADERS)
-    limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
+    watchdog = Watchdog.for_request(request, relay.settings.stream, ping=lambda: response.write(sse.PING))
     await response.prepare(request)
-    watchdog = Watchdog(ping=lambda: response.write(sse.PING),
-                        abort=lambda: request.transport and request.transport.abort(),
-                        heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s)
     try:
         with watchdog, relay.reader(stream):
             async for batch in stream.follow(after):

@@ -13,7 +13,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from matrix.delivery import Watchdog, limit_send_buffer
+from matrix.delivery import Watchdog
 from matrix.errors import MatrixError, RequestError
 from matrix.events import Error, encode
 from matrix.keys import CLIENT, RELAY
@@ -30,13 +30,11 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
     server, cfg = relay.settings.server, relay.settings.stream
     # aiohttp's heartbeat sends protocol pings and closes the socket when no pong comes back.
     ws = web.WebSocketResponse(heartbeat=cfg.heartbeat_s, compress=False, max_msg_size=server.max_ws_frame_bytes)
-    limit_send_buffer(request.transport, cfg.client_send_buffer_bytes)
+    watchdog = Watchdog.for_request(request, cfg)  # pings are aiohttp's heartbeat above
     try:
         await ws.prepare(request)
     except ConnectionResetError:
         return ws  # the client left during the handshake: nothing to serve, nothing to log
-    watchdog = Watchdog(ping=None, abort=lambda: request.transport and request.transport.abort(),
-                        heartbeat_s=cfg.heartbeat_s, send_timeout_s=cfg.send_timeout_s)
     socket = Socket(relay, ws, request[CLIENT], watchdog)
     event(log, "ws open", client=request[CLIENT])
     try:

@@ -49,6 +49,13 @@ class Watchdog:
         self._tick_s = min(heartbeat_s if ping else send_timeout_s, send_timeout_s) / 4
         self._pinging: asyncio.Task | None = None
 
+    @classmethod
+    def for_request(cls, request, config, ping: Callable[[], Awaitable[object]] | None = None) -> "Watchdog":
+        """The watchdog of one client connection, its kernel send buffer capped first."""
+        limit_send_buffer(request.transport, config.client_send_buffer_bytes)
+        return cls(ping=ping, abort=lambda: request.transport and request.transport.abort(),
+                   heartbeat_s=config.heartbeat_s, send_timeout_s=config.send_timeout_s)
+
     def __enter__(self) -> "Watchdog":
         loop = asyncio.get_running_loop()
         self._seen, self._quiet_since = self.writes, loop.time()

@@ -21,7 +21,7 @@ from .events import Delta, Done, Error, Event, Start, Trace
 class Stream:
     __slots__ = ("id", "upstream", "combo", "_merge_at", "_max_events", "_events", "_first_seq", "_next_seq",
                  "_pending", "_terminal", "_waiters", "has_text", "pieces", "first_text_at", "started_at",
-                 "owner", "usage")  # no per-stream __dict__: idle streams are the memory budget
+                 "owner")  # no per-stream __dict__: idle streams are the memory budget
 
     def __init__(self, stream_id: str, upstream: str, combo: str, *,
                  merge_at: int = 256, max_events: int = 100_000) -> None:
@@ -41,7 +41,6 @@ class Stream:
         self.first_text_at: float | None = None
         self.started_at = asyncio.get_running_loop().time()
         self.owner = ""  # the client that started it: API key id, or peer address
-        self.usage: dict[str, int] | None = None
 
     # -- writer side (the upstream pump) --------------------------------------------
 
@@ -68,9 +67,8 @@ class Stream:
 
     def finish(self, reason: str, usage: dict[str, int] | None = None) -> None:
         if self._terminal is None:
-            self.usage = usage or self.usage
             self._commit_pending()  # the text first, so the terminal event is numbered after it
-            self._end(Done(self.id, self._next_seq, reason, self.usage))
+            self._end(Done(self.id, self._next_seq, reason, usage))
 
     def fail(self, exc: MatrixError) -> None:
         if self._terminal is None:
