@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -14,8 +15,8 @@ import downstreams.ws
 import upstreams
 
 from . import access
-from .config import Settings
-from .errors import MatrixError, RequestError
+from .config import ServerConfig, Settings
+from .errors import ConfigError, MatrixError, RequestError
 from .keys import ACCESS, CLIENT, RELAY
 from .logs import install_filters as install_log_filters
 from .relay import Relay
@@ -89,11 +90,13 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def list_upstreams(request: web.Request) -> web.Response:
-    settings = request.app[RELAY].settings
+    relay = request.app[RELAY]
+    settings = relay.settings
     return web.json_response({
         "default": settings.default_upstream(),
         "combo": settings.server.combo or None,
-        "upstreams": [cfg.public(name) for name, cfg in settings.upstreams.items()],
+        "upstreams": [{**cfg.public(name), **relay.upstreams[name].network}
+                      for name, cfg in settings.upstreams.items()],
     })
 
 
@@ -118,9 +121,32 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
-async def start_site(app: web.Application, host: str, port: int,
-                     header_timeout_s: float = 15.0) -> tuple[web.AppRunner, int]:
-    """Start serving `app`; returns the runner and the bound port (port 0 picks a free one)."""
+def server_ssl_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """TLS on the relay's own port, for deployments without a TLS proxy in front; None: plain HTTP."""
+    if not server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # The password callable makes an encrypted key fail here instead of OpenSSL prompting on a terminal.
+    _load("tls_key", server.tls_key, lambda: context.load_cert_chain(server.tls_cert, server.tls_key,
+                                                                    password=lambda: b""))
+    if server.tls_client_ca:
+        _load("tls_client_ca", server.tls_client_ca, lambda: context.load_verify_locations(server.tls_client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _load(key: str, path: str, load) -> None:
+    try:
+        load()
+    except (OSError, ssl.SSLError) as exc:  # OpenSSL's reason only: nothing of a key file's content
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise ConfigError(f"server.{key}: cannot load {path}: {reason}") from None
+
+
+async def start_site(app: web.Application, host: str, port: int, header_timeout_s: float = 15.0,
+                     ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+    """Start serving `app` (over TLS with `ssl_context`); returns the runner and the bound port
+    (port 0 picks a free one)."""
     # handler_cancellation: a client that disconnects cancels its handler at once, which is
     # how a vanished SSE client is noticed even while no token is being written.
     # keepalive_timeout also closes a connection that has not completed its request line and
@@ -130,7 +156,7 @@ async def start_site(app: web.Application, host: str, port: int,
     await runner.setup()
     # aiohttp's default listen backlog of 128 overflowed at 1,000 clients connecting at once
     # (bench/load.py: 19,143 dropped SYNs, clients stuck in retry backoff for seconds).
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, bound

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9100)
     _mock_defaults(mock)
+    tls = mock.add_argument_group("TLS (serve HTTPS and WSS, to rehearse a provider behind a private CA)")
+    tls.add_argument("--tls-cert", help="PEM certificate (chain) to serve")
+    tls.add_argument("--tls-key", help="its PEM private key")
+    tls.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    tls.add_argument("--tls-throwaway", metavar="DIR",
+                     help="make a private CA and a certificate for localhost/127.0.0.1 in DIR and serve it; "
+                          "clients trust DIR/ca.pem")
 
     demo = commands.add_parser("demo", help="mock providers + relay in one process (what `make demo` runs)",
                                description="Run the mock providers on --mock-port and the relay on --port, "
@@ -56,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="also print both hops' raw frames: provider frames in/out, and client frames")
     chat.add_argument("--key", default=os.environ.get("MATRIX_API_KEY"),
                       help="API key when the relay has [auth] keys (default: $MATRIX_API_KEY)")
+    chat.add_argument("--ca-file", default=None,
+                      help="PEM CA bundle to trust for an https:// relay, besides the system's")
+    chat.add_argument("--client-cert", default=None, help="PEM client certificate, for a relay with tls_client_ca")
+    chat.add_argument("--client-key", default=None, help="its PEM private key")
 
     commands.add_parser("bench", help="compare the latency and CPU cost of the four combinations",
                         add_help=False, description="See `matrix bench --help`.")
@@ -107,8 +119,26 @@ def _mock_defaults(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-token-ms", type=float, default=None, help="delay before the first token")
 
 
+def _mock_tls(args: argparse.Namespace, mock):
+    """The mock's server context from --tls-* (None: plain HTTP), hellos counted in its stats."""
+    from mock_ai.state import STATE
+    from mock_ai.tls import server_context, throwaway
+    cert, key = args.tls_cert, args.tls_key
+    if args.tls_throwaway:
+        cert, key, ca = throwaway(args.tls_throwaway)
+        print(f"throwaway CA: {ca}  (trust it: ca_file = \"{ca}\", or matrix chat --ca-file {ca})", flush=True)
+    if not cert:
+        return None
+    if not key:
+        raise ConfigError("--tls-cert needs --tls-key")
+    try:
+        return server_context(cert, key, args.tls_client_ca, stats=mock[STATE].stats)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the mock's TLS files: {getattr(exc, 'reason', None) or exc}") from None
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app, run_until_stopped, start_site
+    from .app import create_app, run_until_stopped, server_ssl_context, start_site
     from .logs import configure as configure_logs
 
     runners = []
@@ -118,9 +148,12 @@ async def _serve(args: argparse.Namespace) -> int:
                                       "first_token_ms": args.first_token_ms}.items() if v is not None}
         mock_port = args.port if args.command == "mock" else args.mock_port
         mock_host = args.host if args.command == "mock" else "127.0.0.1"
-        runner, port = await start_site(create_mock(defaults=defaults), mock_host, mock_port)
+        mock = create_mock(defaults=defaults)
+        context = _mock_tls(args, mock) if args.command == "mock" else None
+        runner, port = await start_site(mock, mock_host, mock_port, ssl_context=context)
         runners.append(runner)
-        print(f"mock providers on http://{mock_host}:{port}  (stats: /_mock/stats)", flush=True)
+        print(f"mock providers on {'https' if context else 'http'}://{mock_host}:{port}  (stats: /_mock/stats)",
+              flush=True)
     if args.command in ("serve", "demo"):
         # `matrix demo` without a config file points the relay at the mock it just started.
         upstreams = default_upstreams(f"127.0.0.1:{port}") if args.command == "demo" and \
@@ -128,14 +161,16 @@ async def _serve(args: argparse.Namespace) -> int:
         settings = load(args.config, server__combo=args.combo, server__host=args.host, server__port=args.port,
                         upstreams=upstreams)
         configure_logs(settings.log.level, settings.log.format)
+        context = server_ssl_context(settings.server)
         runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port,
-                                        settings.server.header_timeout_s)
+                                        settings.server.header_timeout_s, ssl_context=context)
         runners.append(runner)
         combo = settings.server.combo or "all four combinations"
-        print(f"relay on http://{settings.server.host}:{port}/  ({combo}; upstreams: "
+        scheme = "https" if context else "http"
+        print(f"relay on {scheme}://{settings.server.host}:{port}/  ({combo}; upstreams: "
               f"{', '.join(settings.upstreams)})", flush=True)
         if args.command == "demo":
-            print(f"demo page: http://{settings.server.host}:{port}/   Ctrl-C stops everything.", flush=True)
+            print(f"demo page: {scheme}://{settings.server.host}:{port}/   Ctrl-C stops everything.", flush=True)
     # Everything loaded so far lives as long as the process: keep it out of the
     # collector's generations so a full collection never walks it mid-stream.
     gc.freeze()

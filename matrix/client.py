@@ -7,6 +7,7 @@ websockets for WS), the way an application would.
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 import time
 import uuid
@@ -18,8 +19,9 @@ import websockets
 from httpx_sse import aconnect_sse
 
 
-async def sse_events(base: str, body: dict, headers: dict, trace=None) -> AsyncIterator[dict]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
+async def sse_events(base: str, body: dict, headers: dict, trace=None,
+                     tls: ssl.SSLContext | None = None) -> AsyncIterator[dict]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), verify=tls or True) as client:
         async with aconnect_sse(client, "POST", f"{base}/v1/chat/sse", json=body, headers=headers) as source:
             if source.response.status_code != 200:
                 await source.response.aread()
@@ -33,9 +35,11 @@ async def sse_events(base: str, body: dict, headers: dict, trace=None) -> AsyncI
                 yield orjson.loads(sse.data)
 
 
-async def ws_events(base: str, body: dict, headers: dict, trace=None) -> AsyncIterator[dict]:
+async def ws_events(base: str, body: dict, headers: dict, trace=None,
+                    tls: ssl.SSLContext | None = None) -> AsyncIterator[dict]:
     url = base.replace("http", "ws", 1) + "/v1/chat/ws"
-    async with websockets.connect(url, compression=None, additional_headers=headers) as ws:
+    async with websockets.connect(url, compression=None, additional_headers=headers,
+                                  **({"ssl": tls} if tls and url.startswith("wss:") else {})) as ws:
         await ws.send(orjson.dumps({"type": "chat", **body}).decode())
         async for frame in ws:
             if trace:
@@ -44,6 +48,16 @@ async def ws_events(base: str, body: dict, headers: dict, trace=None) -> AsyncIt
             yield event
             if event["type"] in ("done", "error"):
                 return
+
+
+def client_tls(ca_file: str | None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """The system's trust (and SSL_CERT_FILE), plus `ca_file`; a client certificate for a relay that asks."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
 
 
 def _show(hop: str, raw: str) -> None:
@@ -62,7 +76,12 @@ async def chat_command(args: argparse.Namespace) -> int:
             _show(f"client  <= relay   {args.downstream}", raw)
     headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
     stream = sse_events if args.downstream == "sse" else ws_events
-    events = stream(base, body, headers, trace if args.trace else None)
+    try:
+        tls = client_tls(args.ca_file, args.client_cert, args.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"matrix chat: cannot load --ca-file/--client-cert: {exc}", file=sys.stderr)
+        return 2
+    events = stream(base, body, headers, trace if args.trace else None, tls)
     started = time.perf_counter()
     first = None
     deltas = chars = 0

@@ -45,6 +45,18 @@ class ServerConfig(BaseModel):
     header_timeout_s: float = Field(15.0, gt=0)  # request line + headers (and a body) must arrive by then
     # Origins (scheme://host[:port]) allowed for CORS and WS handshakes besides the relay's own.
     allowed_origins: list[str] = Field(default_factory=list)
+    # -- TLS on the relay's own port: PEM files; none set serves plain HTTP (e.g. behind nginx)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # set: every client must present a certificate signed by this CA (mutual TLS)
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> "ServerConfig":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return self
 
 
 class StreamConfig(BaseModel):
@@ -104,6 +116,30 @@ class UpstreamConfig(BaseModel):
     api_key: SecretStr = SecretStr("")
     api_secret: SecretStr = SecretStr("")
     secret_key: SecretStr = SecretStr("")
+    # -- network: TLS and proxy (every kind)
+    ca_file: str = ""  # PEM bundle trusted in addition to the system's (and SSL_CERT_FILE / SSL_CERT_DIR)
+    verify: bool = True  # false: no certificate check at all, for a lab; warned about at start-up
+    client_cert: str = ""  # PEM certificate (chain) for providers that require mutual TLS
+    client_key: str = ""  # its PEM private key file
+    client_key_password: SecretStr = SecretStr("")  # when client_key is encrypted
+    # Unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY decide; "": never a proxy; "http://[user:pass@]host:port".
+    proxy: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _network(self) -> "UpstreamConfig":
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ValueError("client_cert and client_key go together")
+        if self.proxy is not None and self.proxy.get_secret_value():
+            # Checked here so a bad value stops the start, and named without its value:
+            # a proxy URL may carry credentials.
+            parts = urlsplit(self.proxy.get_secret_value())
+            try:
+                parts.port
+            except ValueError:
+                raise ValueError("proxy has an invalid port") from None
+            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+                raise ValueError("proxy must be http://[user:password@]host:port")
+        return self
 
     _resolve = field_validator("*", mode="before")(classmethod(lambda cls, v: _resolve_env(v)))
 

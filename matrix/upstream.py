@@ -30,6 +30,7 @@ class Upstream(Protocol):
     name: str
     kind: str
     transport: str  # "sse" or "ws"
+    network: dict  # for `GET /v1/upstreams`: TLS settings and the proxy in use, no credentials
 
     def open(self, chat: ChatRequest, tap: Tap | None = None) -> AbstractAsyncContextManager[AsyncIterator[Item]]: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,17 +40,24 @@ def create_app(*, defaults: Script | Mapping[str, Any] | None = None,
 
 
 @asynccontextmanager
-async def running(host: str = "127.0.0.1", port: int = DEFAULT_PORT, **kw: Any) -> AsyncIterator[str]:
-    """Serve `create_app(**kw)` while the block runs; yields the base URL (port 0 picks a free port)."""
+async def running(host: str = "127.0.0.1", port: int = DEFAULT_PORT, tls: Mapping[str, Any] | None = None,
+                  **kw: Any) -> AsyncIterator[str]:
+    """Serve `create_app(**kw)` while the block runs; yields the base URL (port 0 picks a free port).
+    `tls` (`{"cert": ..., "key": ..., "client_ca": ...}`) serves HTTPS/WSS (mock_ai/tls.py)."""
     # A stalled stream never ends by itself: on exit, give handlers 0.25 s (aiohttp waits
     # twice that: once to finish, once after cancelling), not aiohttp's default 60 s.
-    runner = web.AppRunner(create_app(**kw), shutdown_timeout=0.25)
+    app = create_app(**kw)
+    context: ssl.SSLContext | None = None
+    if tls:
+        from .tls import server_context
+        context = server_context(tls["cert"], tls["key"], tls.get("client_ca"), stats=app[STATE].stats)
+    runner = web.AppRunner(app, shutdown_timeout=0.25)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=context)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
-        yield f"http://{_url_host(bound_host)}:{bound_port}"
+        yield f"{'https' if context else 'http'}://{_url_host(bound_host)}:{bound_port}"
     finally:
         await runner.cleanup()
 

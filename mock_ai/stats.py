@@ -40,6 +40,7 @@ class Stats:
         self._keep = keep
         self._ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
+        self.tls_hellos: int | None = None  # counted when served over TLS (mock_ai/tls.py)
 
     @contextmanager
     def track(self, vendor: str, path: str) -> Iterator[Connection]:
@@ -66,11 +67,15 @@ class Stats:
     def snapshot(self, tag: str | None = None) -> dict:
         """The `/_mock/stats` body, optionally only connections with this tag."""
         conns = [c for c in self._connections.values() if tag is None or c.tag == tag]
-        return {"open": sum(c.outcome == "open" for c in conns),
-                "connections": [asdict(c) for c in conns]}
+        snapshot = {"open": sum(c.outcome == "open" for c in conns), "connections": [asdict(c) for c in conns]}
+        if self.tls_hellos is not None:
+            snapshot["tls_hellos"] = self.tls_hellos
+        return snapshot
 
     def reset(self) -> None:
         self._connections.clear()
+        if self.tls_hellos is not None:
+            self.tls_hellos = 0
 
     def _prune(self) -> None:
         # A long benchmark must not grow memory without bound; open ones always stay.

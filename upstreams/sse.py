@@ -16,10 +16,12 @@ import aiohttp
 
 from matrix.config import StreamConfig, UpstreamConfig
 from matrix.idle import IdleTimeout
-from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from matrix.errors import UpstreamProtocolError, UpstreamTimeout
 from matrix.request import ChatRequest
 from matrix.sse import Decoder
 from matrix.upstream import Item, Tap
+
+from . import network
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -32,15 +34,26 @@ class SSEUpstream:
         self.kind = config.kind
         self.config = config
         self._dialect_cls = dialect_cls
+        self.net = network.for_upstream(name, config)
+        self.network = self.net.public
         # No sock_read: aiohttp re-arms that timer on every chunk; IdleTimeout is per period.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=stream_config.upstream_connect_timeout_s)
+        # `connect` bounds the whole connect: TCP, the proxy's CONNECT and the TLS handshake.
+        connect_s = stream_config.upstream_connect_timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
         self._idle_timeout = stream_config.upstream_idle_timeout_s
+        route = self.net.route
+        # The proxy is chosen by upstreams/proxy.py, not by aiohttp (trust_env stays off), so
+        # both transports follow the same rules.
+        self._proxy = {} if route is None else {
+            "proxy": route.url,
+            "proxy_auth": aiohttp.BasicAuth(route.username, route.password or "") if route.username else None}
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30), auto_decompress=True)
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=self.net.ssl or True),
+                auto_decompress=True)
         return self._session
 
     @asynccontextmanager
@@ -50,11 +63,15 @@ class SSEUpstream:
         if tap:
             tap("out", f"POST {url.split('?')[0]}\n\n{body.decode()}")  # no query: it may hold a key
         try:
-            response = await self._client().post(url, data=body, headers=headers, timeout=self._timeout)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamUnavailable(f"{self.name}: connect timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from exc
+            response = await self._client().post(url, data=body, headers=headers, timeout=self._timeout,
+                                                 **self._proxy)
+        # Never chained: aiohttp's errors carry the proxy credentials (and the URL, with its query).
+        except aiohttp.ClientHttpProxyError as exc:
+            raise self.net.proxy_refused(exc.status) from None
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise self.net.failure(exc, at_proxy=True) from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise self.net.failure(exc) from None
         items = None
         finished: list[bool] = []
         try:

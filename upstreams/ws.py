@@ -7,18 +7,24 @@ this hop, research/performance.md); the provider's frames are small JSON text.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import websockets
-from websockets.exceptions import ConnectionClosedError, InvalidStatus, WebSocketException
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import (ConnectionClosedError, InvalidProxyMessage, InvalidProxyStatus, InvalidStatus,
+                                   WebSocketException)
 
 from matrix.config import StreamConfig, UpstreamConfig
 from matrix.idle import IdleTimeout
-from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from matrix.errors import UpstreamProtocolError, UpstreamTimeout
 from matrix.request import ChatRequest
 from matrix.upstream import Item, Tap
+
+from . import network
 
 
 # websockets logs the request line (the signed URL) at debug level: keep it quiet whatever
@@ -37,20 +43,36 @@ class WSUpstream:
         self._dialect_cls = dialect_cls
         self._connect_timeout = stream_config.upstream_connect_timeout_s
         self._idle_timeout = stream_config.upstream_idle_timeout_s
+        self.net = network.for_upstream(name, config)
+        self.network = self.net.public
+        # The proxy is chosen by upstreams/proxy.py (None: direct), never by websockets'
+        # own reading of the environment, so both transports follow the same rules.
+        route = self.net.route
+        self._tls = {"ssl": self.net.ssl} if self.net.ssl else {}
+        self._proxy = route.url_with_credentials() if route else None
 
     @asynccontextmanager
     async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Item]]:
         dialect = self._dialect_cls(self.config)
+        lost: list[BaseException] = []
         try:
             ws = await websockets.connect(dialect.ws_url(), open_timeout=self._connect_timeout,
                                           compression=None, max_size=4 * 2**20, ping_interval=None,
-                                          close_timeout=1.0, user_agent_header=None, logger=_QUIET)
+                                          close_timeout=1.0, user_agent_header=None, logger=_QUIET,
+                                          proxy=self._proxy, create_connection=functools.partial(_Recording, lost=lost),
+                                          **self._tls)
         except InvalidStatus as exc:
             raise dialect.handshake_error(exc.response.status_code, exc.response.body or b"") from None
+        # Never chained: the exceptions carry the signed URL (its signature stays valid for
+        # minutes) and the proxy URL with its credentials.
+        except InvalidProxyStatus as exc:
+            raise self.net.proxy_refused(exc.response.status_code) from None
+        except InvalidProxyMessage:
+            raise self.net.proxy_garbled() from None
         except (OSError, asyncio.TimeoutError, WebSocketException) as exc:
-            # Never the signed URL, not even in the chained exception: its query carries a
-            # signature that stays valid for minutes.
-            raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from None
+            # Through a proxy, the only socket websockets opens is the one to the proxy.
+            at_proxy = self._proxy is not None and isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)
+            raise self.net.failure(exc, at_proxy=at_proxy, lost=lost) from None
         items = None
         try:
             request = dialect.ws_request(chat)
@@ -90,3 +112,18 @@ class WSUpstream:
 
     async def aclose(self) -> None:
         return None
+
+
+class _Recording(ClientConnection):
+    """Keeps the error its transport was lost with: websockets reports a TLS alert that
+    arrives during the opening handshake (a provider refusing our client certificate, TLS
+    1.3) only as "did not receive a valid HTTP response", and the alert is what to tell."""
+
+    def __init__(self, protocol, *, lost: list[BaseException], **kwargs) -> None:
+        super().__init__(protocol, **kwargs)
+        self._lost = lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._lost.append(exc)
+        super().connection_lost(exc)
