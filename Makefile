@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install browser clean
+.PHONY: demo test bench install browser tls-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,12 @@ browser:
 	test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: $(STAMP) browser
+# The mutual-TLS test runs `openssl s_server`, a TLS stack that sends the alerts asyncio's server side drops.
+tls-tools:
+	command -v openssl >/dev/null || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl)
+
+test: $(STAMP) browser tls-tools
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -11,9 +11,9 @@ from .stats import Stats
 def server_context(cert: str | Path, key: str | Path, client_ca: str | Path | None = None,
                    stats: Stats | None = None) -> ssl.SSLContext:
     """Serve `cert` (PEM chain) with `key`; with `client_ca`, every client must present a
-    certificate it signed (mutual TLS). With `stats`, each ClientHello that names a host
-    (SNI) is counted in `/_mock/stats` as `tls_hellos`: a refused handshake never reaches
-    a handler, so this is how a test sees that a client did not retry."""
+    certificate it signed (mutual TLS). With `stats`, every TLS ClientHello is counted in
+    `/_mock/stats` as `tls_hellos` (the stats request's own included): a refused handshake
+    never reaches a handler, so this is how a test sees that a client did not retry."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     if client_ca:
@@ -22,7 +22,7 @@ def server_context(cert: str | Path, key: str | Path, client_ca: str | Path | No
     if stats is not None:
         stats.tls_hellos = 0
 
-        def hello(sslobj, server_name, ctx) -> None:
+        def hello(sslobj, server_name, ctx) -> None:  # OpenSSL calls it for every ClientHello, SNI or not
             stats.tls_hellos = (stats.tls_hellos or 0) + 1
 
         context.sni_callback = hello

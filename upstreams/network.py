@@ -65,14 +65,16 @@ class Network:
         """A connect failure, from the exception, its causes and what the connection reported as lost."""
         causes = [*_chain(exc), *(c for e in lost for c in _chain(e))]
         for cause in causes:
-            if isinstance(cause, ssl.SSLCertVerificationError):
+            # aiohttp's ClientConnectorCertificateError is an SSLCertVerificationError too, without its fields.
+            if isinstance(cause, ssl.SSLCertVerificationError) and hasattr(cause, "verify_code"):
                 reason = (cause.verify_message or "unknown reason").rstrip(".")
                 reason = reason[0].lower() + reason[1:]
                 hint = f" ({_CERT_HINTS[cause.verify_code]})" if cause.verify_code in _CERT_HINTS else ""
                 return UpstreamRejected(f"{self.name}: certificate verify failed: {reason} for {self.target}{hint}",
                                         upstream_code="tls_certificate")
         for cause in causes:
-            if isinstance(cause, ssl.SSLError) and not isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            if type(cause).__module__ == "ssl" and isinstance(cause, ssl.SSLError) and \
+                    not isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
                 return self._tls_refused(cause)
         where = f"proxy {self.route.address}" if at_proxy and self.route else self.target
         for cause in causes:

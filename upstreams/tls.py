@@ -56,11 +56,11 @@ def _load(name: str, key: str, path: str, load) -> None:
         load()
     except FileNotFoundError:
         raise ConfigError(f"upstreams.{name}.{key}: no such file: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"upstreams.{name}.{key}: cannot read {path}: {exc.strerror}") from None
     except ssl.SSLError as exc:
         # Never the exception text beyond OpenSSL's reason: nothing of a key may leak.
         what = "a PEM CA bundle" if key == "ca_file" else \
             "client_cert + client_key: a PEM certificate and its unencrypted key (or client_key_password)"
         raise ConfigError(f"upstreams.{name}.{key}: cannot load {path}: expected {what} "
                           f"({exc.reason or 'unreadable'})") from None
+    except OSError as exc:
+        raise ConfigError(f"upstreams.{name}.{key}: cannot read {path}: {exc.strerror}") from None
