@@ -11,6 +11,7 @@ environment (`proxy = ""` means direct).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import urllib.request
 from dataclasses import dataclass, field
@@ -45,6 +46,13 @@ class Route:
         if self.username is None:
             return self.url
         return f"http://{_quote(self.username)}:{_quote(self.password or '')}@{self.address}"
+
+    def headers(self) -> dict[str, str]:
+        """For the CONNECT request: Basic credentials (RFC 7617), when there are any. Never log them."""
+        if self.username is None:
+            return {}
+        token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+        return {"Proxy-Authorization": f"Basic {token}"}
 
     def public(self) -> dict:
         return {"proxy": self.url, "proxy_from": self.source, "proxy_auth": self.username is not None}

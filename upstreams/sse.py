@@ -44,9 +44,7 @@ class SSEUpstream:
         route = self.net.route
         # The proxy is chosen by upstreams/proxy.py, not by aiohttp (trust_env stays off), so
         # both transports follow the same rules.
-        self._proxy = {} if route is None else {
-            "proxy": route.url,
-            "proxy_auth": aiohttp.BasicAuth(route.username, route.password or "") if route.username else None}
+        self._proxy = {} if route is None else {"proxy": route.url, "proxy_headers": route.headers()}
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
