@@ -25,8 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+import trustme
 import websockets
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from clients import TIMEOUT, chat_body
 from matrix.app import create_app, start_site
@@ -41,9 +43,21 @@ REPO = Path(__file__).resolve().parent.parent
 SECRETS = {  # environment variable -> a value unique to this run, 32 random hex digits at its end
     name: f"sk-SECRET-{name.lower().replace('_', '-')}-{secrets.token_hex(16)}"
     for name in ("TM_SPARK_API_KEY", "TM_SPARK_API_SECRET", "TM_SPARK_WRONG_SECRET", "TM_BAIDU_SECRET_KEY",
-                 "TM_BAIDU_WRONG_SECRET", "TM_OPENAI_API_KEY", "TM_OPENAI_WRONG_KEY", "TM_AUTH_KEY")
+                 "TM_BAIDU_WRONG_SECRET", "TM_OPENAI_API_KEY", "TM_OPENAI_WRONG_KEY", "TM_AUTH_KEY",
+                 "TM_PROXY_PASSWORD", "TM_PROXY_WRONG_PASSWORD", "TM_CLIENT_KEY_PASSWORD")
 }
 PRESENTED = f"sk-SECRET-presented-by-a-stranger-{secrets.token_hex(16)}"  # a wrong key a client sends
+PROXY_USER = "relay-user"
+# A client certificate whose key is stored encrypted with TM_CLIENT_KEY_PASSWORD: its key material is a secret too.
+CLIENT_CA = trustme.CA()
+CLIENT_LEAF = CLIENT_CA.issue_cert("relay@example.test")
+_KEY = serialization.load_pem_private_key(CLIENT_LEAF.private_key_pem.bytes(), None)
+CLIENT_KEY_PEMS = {  # how the key may show up: as stored (encrypted), and in the clear in any of two encodings
+    "stored": _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.BestAvailableEncryption(SECRETS["TM_CLIENT_KEY_PASSWORD"].encode())),
+    "clear": CLIENT_LEAF.private_key_pem.bytes(),
+    "clear-pkcs8": _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())}
 AUTH = {"Authorization": f"Bearer {SECRETS['TM_AUTH_KEY']}"}
 
 
@@ -63,6 +77,11 @@ def _needles() -> dict[str, str]:
         tail = value[-32:]
         needles.update({tail[i:i + 8]: f"part of {name}" for i in range(len(tail) - 7)})
         needles[value] = name
+    for form, pem in CLIENT_KEY_PEMS.items():  # a 24-character piece of every full base64 line of the key
+        lines = [line for line in pem.decode().splitlines() if len(line) == 64]
+        needles.update({line[20:44]: f"client key material ({form})" for line in lines})
+    for name in ("TM_PROXY_PASSWORD", "TM_PROXY_WRONG_PASSWORD"):  # Proxy-Authorization: Basic base64(user:pw)
+        needles[base64.b64encode(f"{PROXY_USER}:{SECRETS[name]}".encode()).decode()] = f"{name} as Basic"
     spark_auth = _b64_prefix(f'api_key="{SECRETS["TM_SPARK_API_KEY"]}", algorithm="hmac-sha256"')
     needles.update({"authorization=": "a signed URL's query", "signature=": "a signature", 'signature="': "a signature",
                     spark_auth[:40]: "a Spark authorization value", "secretKey=": "Baidu's secretKey parameter",
@@ -112,6 +131,10 @@ def test_the_search_finds_what_it_looks_for():
     assert leaks(url.split("authorization=")[1].split("&")[0]) == ["a Spark authorization value"]  # the value alone
     assert leaks("POST http://agent/assistant/conversation?appId=a&secretKey=s") == ["Baidu's secretKey parameter"]
     assert leaks("HMAC signature cannot be verified: fail to retrieve credential") == []
+    for form, pem in CLIENT_KEY_PEMS.items():
+        assert f"client key material ({form})" in leaks(pem.decode())
+    basic = base64.b64encode(f"{PROXY_USER}:{SECRETS['TM_PROXY_PASSWORD']}".encode()).decode()
+    assert leaks(f"Proxy-Authorization: Basic {basic}") == ["TM_PROXY_PASSWORD as Basic"]
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -536,3 +559,112 @@ async def test_cli_config_error_prints_no_secret(tmp_path):
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and b"upstreams.x" in err
     assert_clean({"stdout": [out.decode()], "stderr": [err.decode()]})
+
+
+# -- proxy credentials and client keys ---------------------------------------------------------
+
+async def test_proxy_credentials_and_client_keys_never_show(tmp_path, monkeypatch, aiohttp_server):
+    """Upstreams behind an authenticating proxy (per upstream and HTTPS_PROXY, right and wrong password) and
+    a provider requiring a client certificate whose key is encrypted: streams work, and no log line at
+    DEBUG, response, frame, error, /v1/upstreams or the settings show a proxy password or the key."""
+    from matrix.app import server_ssl_context  # noqa: F401  (the relay's own TLS is tested in test_tls)
+    from mock_ai.state import STATE
+    from mock_ai.tls import server_context
+    from tlsnet import HIDDEN_HOST, ConnectProxy
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server_leaf = CLIENT_CA.issue_cert(HIDDEN_HOST)
+    files = {name: tmp_path / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    CLIENT_CA.cert_pem.write_to_path(files["ca.pem"])
+    server_leaf.cert_chain_pems[0].write_to_path(files["server.pem"])
+    server_leaf.private_key_pem.write_to_path(files["server.key"])
+    CLIENT_LEAF.cert_chain_pems[0].write_to_path(files["client.pem"])
+    files["client.key"].write_bytes(CLIENT_KEY_PEMS["stored"])
+    credentials = {"openai_api_key": SECRETS["TM_OPENAI_API_KEY"]}
+    mock_app = create_mock(credentials=credentials)
+    mock = await aiohttp_server(mock_app, ssl=server_context(files["server.pem"], files["server.key"],
+                                                             files["ca.pem"], stats=mock_app[STATE].stats),
+                                access_log=None)  # the provider's own log is not the relay's
+    capture = Capture()
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level for name in ("", "matrix", "aiohttp", "asyncio", "websockets")}
+    async with ConnectProxy(f"{PROXY_USER}:{SECRETS['TM_PROXY_PASSWORD']}", hosts={HIDDEN_HOST: "127.0.0.1"}) as proxy:
+        for name, password in (("TM_PROXY_URL", "TM_PROXY_PASSWORD"), ("TM_PROXY_WRONG_URL", "TM_PROXY_WRONG_PASSWORD")):
+            monkeypatch.setenv(name, f"http://{PROXY_USER}:{SECRETS[password]}@127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("HTTPS_PROXY", os.environ["TM_PROXY_URL"])
+        base = f"{HIDDEN_HOST}:{mock.port}"
+        tls = (f'ca_file = "{files["ca.pem"]}"\nclient_cert = "{files["client.pem"]}"\n'
+               f'client_key = "{files["client.key"]}"\nclient_key_password = "${{TM_CLIENT_KEY_PASSWORD}}"\n')
+        openai = f'kind = "openai"\nmodel = "qwen-plus"\napi_key = "${{TM_OPENAI_API_KEY}}"\n{tls}'
+        url = f'url = "https://{base}/v1/chat/completions"\n'
+        config = tmp_path / "matrix.toml"
+        config.write_text(f"""
+[server]
+default_upstream = "via-config"
+
+[stream]
+disconnect_grace_s = 0
+retry_attempts = 2
+retry_backoff_s = 0.01
+
+[log]
+level = "debug"
+
+[upstreams.via-config]
+{openai}{url}proxy = "${{TM_PROXY_URL}}"
+
+[upstreams.via-env]
+{openai}{url}
+[upstreams.wrong-password]
+{openai}{url}proxy = "${{TM_PROXY_WRONG_URL}}"
+
+[upstreams.spark-via-proxy]
+kind = "spark"
+url = "wss://{base}/v3.5/chat"
+app_id = "mock-app"
+api_key = "mock-key"
+api_secret = "mock-secret"
+{tls}proxy = "${{TM_PROXY_URL}}"
+
+[upstreams.no-client-cert]
+kind = "openai"
+url = "https://{base}/v1/chat/completions"
+api_key = "${{TM_OPENAI_API_KEY}}"
+ca_file = "{files["ca.pem"]}"
+""")
+        for name in levels:
+            logging.getLogger(name).setLevel(logging.DEBUG)
+        root.addHandler(capture)
+        try:
+            settings = load(config)
+            relay_runner, port = await start_site(create_app(settings), "127.0.0.1", 0)
+            monkeypatch.delenv("HTTPS_PROXY")  # the relay decided at start; this test's clients go direct
+            run = Run(f"http://127.0.0.1:{port}", base, config)
+            run.keep("settings", repr(settings), str(settings), settings.model_dump(), settings.model_dump_json(),
+                     *(f"{cfg!r} {cfg} {cfg.public(name)}" for name, cfg in settings.upstreams.items()))
+            ends = {}
+            try:
+                async with asyncio.timeout(60):
+                    for upstream in settings.upstreams:
+                        body = {**chat_body(f"secrets {upstream}\n#mock tokens=3 interval_ms=1", upstream), "trace": True}
+                        ends["sse", upstream] = _end(await stream_sse(run, body))
+                        ends["ws", upstream] = _end(await run.ws_frames({"type": "chat", **body}))
+                    await run.http("GET", "/v1/upstreams")
+                    await run.http("GET", "/metrics")
+            finally:
+                await relay_runner.cleanup()
+        finally:
+            root.removeHandler(capture)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+    for down in ("sse", "ws"):  # the secrets were in play: right ones worked, the wrong password was refused
+        assert [ends[down, u] for u in ("via-config", "via-env", "spark-via-proxy")] == ["done stop"] * 3
+        assert ends[down, "wrong-password"] == "error upstream_rejected"
+        assert ends[down, "no-client-cert"].startswith("error ")
+    assert sum(t.authorized and t.status == 200 for t in proxy.tunnels) >= 6
+    assert_clean({**run.outputs, **{f"log {name}": lines for name, lines in capture.lines.items()}})
+    assert any(name.startswith("matrix") for name in capture.lines)
