@@ -125,7 +125,10 @@ def _mock_tls(args: argparse.Namespace, mock):
     from mock_ai.tls import server_context, throwaway
     cert, key = args.tls_cert, args.tls_key
     if args.tls_throwaway:
-        cert, key, ca = throwaway(args.tls_throwaway)
+        try:
+            cert, key, ca = throwaway(args.tls_throwaway)
+        except ImportError:
+            raise ConfigError("--tls-throwaway needs the trustme package (pip install trustme)") from None
         print(f"throwaway CA: {ca}  (trust it: ca_file = \"{ca}\", or matrix chat --ca-file {ca})", flush=True)
     if not cert:
         return None

@@ -4,6 +4,7 @@ certificate failures a user can act on (not retried), mutual TLS, and the relay 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -273,3 +274,39 @@ async def test_mock_over_tls_with_a_throwaway_ca_serves_the_official_openai_clie
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), TIMEOUT)
+
+
+@pytest.mark.parametrize("client,upstream", [("fetch", "openai"), ("eventsource", "baidu"), ("ws", "spark")])
+async def test_demo_page_in_chromium_over_https(https_relay, pki, client, upstream):
+    """The demo page served over HTTPS streams in Chromium over fetch-SSE, EventSource and WSS: Chromium
+    trusts exactly the relay's test key (its SPKI pin), not every certificate."""
+    browser_tests = pytest.importorskip("test_browser")
+    if not os.access(browser_tests.CHROMIUM, os.X_OK):
+        pytest.skip(f"{browser_tests.CHROMIUM} missing: `make test` installs Debian's chromium package")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    cert = x509.load_pem_x509_certificate(pki.certs["localhost"][0].read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    pin = base64.b64encode(digest.finalize()).decode()
+    text = prompt(f"chromium-{client}")
+    async with browser_tests.playwright_api.async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=browser_tests.CHROMIUM, headless=True,
+                                            args=[*browser_tests.CHROMIUM_ARGS,
+                                                  f"--ignore-certificate-errors-spki-list={pin}"],
+                                            timeout=browser_tests.WAIT_MS)
+        try:
+            page = await (await chromium.new_context()).new_page()
+            page.set_default_timeout(browser_tests.WAIT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"https://localhost:{https_relay.port}/")
+            await page.wait_for_function("!document.querySelector('#start').disabled")
+            await browser_tests.run(page, text, client, upstream)
+            assert await browser_tests.ended(page) == "done"
+            assert await browser_tests.answer(page) == expected_text(text)
+            assert await page.evaluate("location.protocol") == "https:" and not errors
+        finally:
+            await chromium.close()
