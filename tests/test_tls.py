@@ -24,7 +24,7 @@ from httpx_sse import aconnect_sse
 
 from clients import CHAT, TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
 from matrix.app import create_app
-from matrix.config import Settings, load
+from matrix.config import Settings, default_upstreams, load
 from matrix.errors import ConfigError
 from tlsnet import UPSTREAMS, mock_stats, pki, tls_mock, tls_relay, tls_upstreams  # noqa: F401
 
@@ -96,6 +96,26 @@ async def test_refused_connection_stays_retryable_with_the_host(tls_relay, up):
     end = events[-1]
     assert (end["code"], end["retryable"]) == ("upstream_unavailable", True)
     assert end["message"] == f"{up}: connection refused by 127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("up", UPSTREAMS)
+@pytest.mark.parametrize("mismatch", ["tls-to-plain", "plain-to-tls"])
+async def test_scheme_that_does_not_match_the_port_is_named(tls_mock, tls_relay, mock, up, mismatch):
+    """https:// or wss:// to a plain port is rejected as not TLS; plain to a TLS port is a closed connection."""
+    if mismatch == "tls-to-plain":
+        port, upstreams = mock.port, tls_upstreams("localhost", mock.port)
+    else:
+        port = (await tls_mock()).port
+        upstreams = default_upstreams(f"localhost:{port}")
+    relay = await tls_relay(upstreams, retry_attempts=1)
+    end = (await CHAT["sse"](f"http://127.0.0.1:{relay.port}", chat_body("scheme", up)))[-1]
+    if mismatch == "tls-to-plain":
+        assert (end["code"], end["retryable"], end["upstream_code"]) == ("upstream_rejected", False, "tls_handshake")
+        assert end["message"] == (f"{up}: TLS handshake with localhost:{port} failed: wrong version number "
+                                  f"(is it a TLS port? use http:// or ws:// for a plain one)")
+    else:
+        assert (end["code"], end["retryable"]) == ("upstream_unavailable", True)
+        assert end["message"] == f"{up}: localhost:{port} closed the connection before answering"
 
 
 @pytest.mark.parametrize("up", UPSTREAMS)
@@ -192,7 +212,6 @@ def test_unusable_tls_files_stop_the_start(tmp_path, pki):
 @pytest.fixture
 async def https_relay(aiohttp_server, tls_relay, pki, mock):
     """The relay on HTTPS (certificate for localhost from the private CA), upstreams on the plain mock."""
-    from matrix.config import default_upstreams
     chain, key = pki.certs["localhost"]
     return await tls_relay(default_upstreams(f"127.0.0.1:{mock.port}"),
                            server={"tls_cert": str(chain), "tls_key": str(key)})
@@ -223,7 +242,6 @@ async def test_relay_serves_sse_and_wss_over_tls(https_relay, pki, up):
 
 async def test_relay_with_client_ca_requires_a_client_certificate(tls_relay, pki, mock):
     """With tls_client_ca, a client without a certificate cannot connect; one with a certificate streams."""
-    from matrix.config import default_upstreams
     chain, key = pki.certs["localhost"]
     relay = await tls_relay(default_upstreams(f"127.0.0.1:{mock.port}"),
                             server={"tls_cert": str(chain), "tls_key": str(key), "tls_client_ca": str(pki.ca)})

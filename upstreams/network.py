@@ -60,6 +60,10 @@ class Network:
         return UpstreamRejected(f"{self.name}: {self.route.address} did not answer the CONNECT like an HTTP proxy",
                                 upstream_code="proxy_invalid")
 
+    def closed_early(self) -> UpstreamUnavailable:
+        """The provider (or what listens on its port) closed the connection without an HTTP answer."""
+        return UpstreamUnavailable(f"{self.name}: {self.target} closed the connection before answering")
+
     def failure(self, exc: BaseException, *, at_proxy: bool = False,
                 lost: Iterable[BaseException] = ()) -> UpstreamError:
         """A connect failure, from the exception, its causes and what the connection reported as lost."""
@@ -86,6 +90,8 @@ class Network:
                 return UpstreamUnavailable(f"{self.name}: connect to {where} timed out")
             if isinstance(cause, ConnectionResetError):
                 return UpstreamUnavailable(f"{self.name}: connection reset by {where}")
+            if isinstance(cause, EOFError):  # websockets: the peer closed before the handshake's answer
+                return self.closed_early()
         return UpstreamUnavailable(f"{self.name}: cannot connect to {where}: {type(exc).__name__}")
 
     def _tls_refused(self, cause: ssl.SSLError) -> UpstreamRejected:

@@ -68,6 +68,8 @@ class SSEUpstream:
             raise self.net.proxy_refused(exc.status) from None
         except aiohttp.ClientProxyConnectionError as exc:
             raise self.net.failure(exc, at_proxy=True) from None
+        except aiohttp.ServerDisconnectedError:
+            raise self.net.closed_early() from None
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             raise self.net.failure(exc) from None
         items = None
