@@ -8,19 +8,18 @@ that arrives went through the proxy, as it must on a network that reaches the in
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import httpx
 import pytest
 
 from clients import CHAT, TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
-from test_stop import STOP_BUDGET_S, http_cancel, provider_connection
-from tlsnet import HIDDEN_HOST, UPSTREAMS, ConnectProxy, mock_stats, pki, tls_mock, tls_relay, tls_upstreams  # noqa: F401
+from test_stop import STOP_BUDGET_S, http_cancel
+from tlsnet import (  # noqa: F401
+    HIDDEN_HOST, PROXY_ENV, UPSTREAMS, ConnectProxy, mock_stats, pki, tls_mock, tls_relay, tls_upstreams,
+)
 
 PROXY_USER, PROXY_PASSWORD = "relay", "pr0xy-pa55word"
-PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-             "NO_PROXY", "no_proxy")
 
 
 @pytest.fixture(autouse=True)

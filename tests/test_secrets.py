@@ -20,6 +20,8 @@ import signal
 import socket
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -246,6 +248,24 @@ class Capture(logging.Handler):
         (self.client_lines if ours else self.lines)[record.name].append(self.format(record))
 
 
+@contextmanager
+def debug_capture() -> Iterator[Capture]:
+    """Every logger of the process at DEBUG into a Capture while the block runs; levels restored after."""
+    capture = Capture()
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level
+              for name in ("", "matrix", "aiohttp", "asyncio", "websockets", "prometheus_client")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    root.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 class Run:
     """The relay under test and what it said, by source."""
 
@@ -261,6 +281,10 @@ class Run:
 
     def keep(self, source: str, *texts: object) -> None:
         self.outputs[source] += [t if isinstance(t, str) else repr(t) for t in texts]
+
+    def keep_settings(self, settings) -> None:
+        self.keep("settings", repr(settings), str(settings), settings.model_dump(), settings.model_dump_json(),
+                  *(f"{cfg!r} {cfg} {cfg.public(name)}" for name, cfg in settings.upstreams.items()))
 
     async def http(self, method: str, path: str, headers: dict | None = None, **kw) -> httpx.Response:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
@@ -376,29 +400,17 @@ async def run(tmp_path_factory):
         except ConfigError:  # refused at load (test_unusable_spark_urls_are_refused_at_load): leave them out
             config.write_text(config_toml(mock, dead, unusable=False))
 
-        capture = Capture()
-        root = logging.getLogger()
-        levels = {name: logging.getLogger(name).level
-                  for name in ("", "matrix", "aiohttp", "asyncio", "websockets", "prometheus_client")}
-        for name in levels:
-            logging.getLogger(name).setLevel(logging.DEBUG)
-        root.addHandler(capture)
-        try:
+        with debug_capture() as capture:
             settings = load(config)
             relay_runner, port = await start_site(create_app(settings), "127.0.0.1", 0)
             the_run = Run(f"http://127.0.0.1:{port}", mock, config)
             the_run.upstreams = set(settings.upstreams)
-            the_run.keep("settings", repr(settings), str(settings), settings.model_dump(), settings.model_dump_json(),
-                         *(f"{cfg!r} {cfg} {cfg.public(name)}" for name, cfg in settings.upstreams.items()))
+            the_run.keep_settings(settings)
             try:
                 async with asyncio.timeout(60):
                     await traffic(the_run)
             finally:
                 await relay_runner.cleanup()
-        finally:
-            root.removeHandler(capture)
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
         the_run.logs = dict(capture.lines)
         the_run.client_logs = dict(capture.client_lines)
         try:
@@ -567,15 +579,13 @@ async def test_proxy_credentials_and_client_keys_never_show(tmp_path, monkeypatc
     """Upstreams behind an authenticating proxy (per upstream and HTTPS_PROXY, right and wrong password) and
     a provider requiring a client certificate whose key is encrypted: streams work, and no log line at
     DEBUG, response, frame, error, /v1/upstreams or the settings show a proxy password or the key."""
-    from matrix.app import server_ssl_context  # noqa: F401  (the relay's own TLS is tested in test_tls)
     from mock_ai.state import STATE
     from mock_ai.tls import server_context
-    from tlsnet import HIDDEN_HOST, ConnectProxy
+    from tlsnet import HIDDEN_HOST, PROXY_ENV, ConnectProxy
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
-                 "no_proxy"):
+    for name in PROXY_ENV:
         monkeypatch.delenv(name, raising=False)
     server_leaf = CLIENT_CA.issue_cert(HIDDEN_HOST)
     files = {name: tmp_path / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
@@ -589,9 +599,6 @@ async def test_proxy_credentials_and_client_keys_never_show(tmp_path, monkeypatc
     mock = await aiohttp_server(mock_app, ssl=server_context(files["server.pem"], files["server.key"],
                                                              files["ca.pem"], stats=mock_app[STATE].stats),
                                 access_log=None)  # the provider's own log is not the relay's
-    capture = Capture()
-    root = logging.getLogger()
-    levels = {name: logging.getLogger(name).level for name in ("", "matrix", "aiohttp", "asyncio", "websockets")}
     async with ConnectProxy(f"{PROXY_USER}:{SECRETS['TM_PROXY_PASSWORD']}", hosts={HIDDEN_HOST: "127.0.0.1"}) as proxy:
         for name, password in (("TM_PROXY_URL", "TM_PROXY_PASSWORD"), ("TM_PROXY_WRONG_URL", "TM_PROXY_WRONG_PASSWORD")):
             monkeypatch.setenv(name, f"http://{PROXY_USER}:{SECRETS[password]}@127.0.0.1:{proxy.port}")
@@ -636,16 +643,12 @@ url = "https://{base}/v1/chat/completions"
 api_key = "${{TM_OPENAI_API_KEY}}"
 ca_file = "{files["ca.pem"]}"
 """)
-        for name in levels:
-            logging.getLogger(name).setLevel(logging.DEBUG)
-        root.addHandler(capture)
-        try:
+        with debug_capture() as capture:
             settings = load(config)
             relay_runner, port = await start_site(create_app(settings), "127.0.0.1", 0)
             monkeypatch.delenv("HTTPS_PROXY")  # the relay decided at start; this test's clients go direct
             run = Run(f"http://127.0.0.1:{port}", base, config)
-            run.keep("settings", repr(settings), str(settings), settings.model_dump(), settings.model_dump_json(),
-                     *(f"{cfg!r} {cfg} {cfg.public(name)}" for name, cfg in settings.upstreams.items()))
+            run.keep_settings(settings)
             ends = {}
             try:
                 async with asyncio.timeout(60):
@@ -657,10 +660,6 @@ ca_file = "{files["ca.pem"]}"
                     await run.http("GET", "/metrics")
             finally:
                 await relay_runner.cleanup()
-        finally:
-            root.removeHandler(capture)
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
     for down in ("sse", "ws"):  # the secrets were in play: right ones worked, the wrong password was refused
         assert [ends[down, u] for u in ("via-config", "via-env", "spark-via-proxy")] == ["done stop"] * 3
         assert ends[down, "wrong-password"] == "error upstream_rejected"

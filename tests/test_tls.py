@@ -210,7 +210,7 @@ def test_unusable_tls_files_stop_the_start(tmp_path, pki):
 # -- the relay's own port over TLS ------------------------------------------------------------
 
 @pytest.fixture
-async def https_relay(aiohttp_server, tls_relay, pki, mock):
+async def https_relay(tls_relay, pki, mock):
     """The relay on HTTPS (certificate for localhost from the private CA), upstreams on the plain mock."""
     chain, key = pki.certs["localhost"]
     return await tls_relay(default_upstreams(f"127.0.0.1:{mock.port}"),

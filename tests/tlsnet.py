@@ -25,6 +25,8 @@ from mock_ai.tls import server_context
 UPSTREAMS = ("spark", "baidu", "openai")  # Spark WS, Baidu agent SSE, OpenAI SSE
 PAST = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
 HIDDEN_HOST = "provider.invalid"  # only the test proxy resolves it (RFC 6761: never resolves elsewhere)
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+             "no_proxy")
 
 
 @dataclass
