@@ -230,3 +230,37 @@ def test_proxy_settings_are_checked_at_start_without_showing_them(monkeypatch):
              server__default_upstream="x")
     assert "upstreams.x: Value error, proxy must be http://" in str(config_error.value)
     assert secret not in str(env_error.value) + str(config_error.value)
+
+
+# environment, upstream url, the upstream's own `proxy` -> the proxy chosen (None: direct)
+RULES = [
+    ({"HTTPS_PROXY": "http://p:3128"}, "https://api.example.com/v1", None, "http://p:3128"),
+    ({"HTTPS_PROXY": "http://p:3128"}, "wss://spark.example/v3.5/chat", None, "http://p:3128"),
+    ({"HTTPS_PROXY": "http://p:3128"}, "http://api.example.com/v1", None, None),  # http:// uses HTTP_PROXY
+    ({"HTTP_PROXY": "http://h:8080"}, "ws://spark.example/v3.5/chat", None, "http://h:8080"),
+    ({"ALL_PROXY": "http://a:1"}, "https://api.example.com/v1", None, "http://a:1"),
+    ({"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}, "https://x.example/", None, "http://lower:1"),
+    ({"HTTPS_PROXY": "p.corp:3128"}, "https://api.example.com/v1", None, "http://p.corp:3128"),  # scheme-less, as curl
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example.com"}, "https://api.example.com/v1", None, None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": ".example.com"}, "https://api.example.com/v1", None, None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, "https://api.example.com/v1", None, None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other.com"}, "https://api.example.com/v1", None, "http://p:1"),
+    ({"HTTPS_PROXY": "http://p:1"}, "https://localhost:9100/v1", None, None),
+    ({"HTTPS_PROXY": "http://p:1"}, "https://127.0.0.2:9100/v1", None, None),
+    ({"HTTPS_PROXY": "http://p:1"}, "https://[::1]:9100/v1", None, None),
+    ({"HTTPS_PROXY": "http://p:1"}, "https://api.example.com/v1", "", None),  # "" : never a proxy
+    ({}, "https://127.0.0.1:9100/v1", "http://mine:3128", "http://mine:3128"),  # asked: even loopback
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, "https://x.example/", "http://mine:3128", "http://mine:3128"),
+]
+
+
+@pytest.mark.parametrize("env,url,configured,chosen", RULES)
+def test_which_proxy_applies(monkeypatch, env, url, configured, chosen):
+    """curl's and requests' rules for the environment, loopback never proxied by it, `proxy` overriding it."""
+    from pydantic import SecretStr
+
+    from upstreams.proxy import choose
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    route = choose(url, None if configured is None else SecretStr(configured))
+    assert (route.url if route else None) == chosen
