@@ -88,9 +88,10 @@ async def test_streams_through_the_proxy(provider, proxy, auth_proxy, tls_relay,
 
 
 # refusal -> (how the upstream is set up, the message's end after "refused the tunnel to HOST:PORT: ")
+AUTH_REQUIRED = "HTTP 407 Proxy Authentication Required (check the proxy credentials)"
 REFUSALS = {
-    "wrong-credentials": ({"password": "wrong"}, "HTTP 407 Proxy Authentication Required (check the proxy credentials)"),
-    "no-credentials": ({"password": None}, "HTTP 407 Proxy Authentication Required (check the proxy credentials)"),
+    "wrong-credentials": ({"password": "wrong"}, AUTH_REQUIRED),
+    "no-credentials": ({"password": None}, AUTH_REQUIRED),
     "forbidden": ({"host": "forbidden.invalid"}, "HTTP 403 Forbidden (the proxy does not allow this destination)"),
     "unreachable": ({"host": "nowhere.invalid"}, "HTTP 502 Bad Gateway"),
 }
@@ -190,7 +191,8 @@ async def test_idle_timeout_and_retries_apply_through_the_proxy(provider, proxy,
     retry = prompt(f"retry-{up}", "" if up == "spark" else fault)
     if up == "spark":  # Spark's handshake faults are armed before the upgrade
         async with httpx.AsyncClient(verify=False) as client:
-            await client.post(f"https://127.0.0.1:{provider.port}/_mock/arm", json={"vendor": "spark", "directive": fault})
+            await client.post(f"https://127.0.0.1:{provider.port}/_mock/arm",
+                              json={"vendor": "spark", "directive": fault})
     events = await CHAT["sse"](base, chat_body(retry, up))
     assert events[-1]["type"] == "done" and text_of(events) == expected_text(retry)
     # The SSE upstreams may send the retry on the same kept-alive tunnel; Spark opens a new one.

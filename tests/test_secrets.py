@@ -600,7 +600,8 @@ async def test_proxy_credentials_and_client_keys_never_show(tmp_path, monkeypatc
                                                              files["ca.pem"], stats=mock_app[STATE].stats),
                                 access_log=None)  # the provider's own log is not the relay's
     async with ConnectProxy(f"{PROXY_USER}:{SECRETS['TM_PROXY_PASSWORD']}", hosts={HIDDEN_HOST: "127.0.0.1"}) as proxy:
-        for name, password in (("TM_PROXY_URL", "TM_PROXY_PASSWORD"), ("TM_PROXY_WRONG_URL", "TM_PROXY_WRONG_PASSWORD")):
+        for name, password in (("TM_PROXY_URL", "TM_PROXY_PASSWORD"),
+                               ("TM_PROXY_WRONG_URL", "TM_PROXY_WRONG_PASSWORD")):
             monkeypatch.setenv(name, f"http://{PROXY_USER}:{SECRETS[password]}@127.0.0.1:{proxy.port}")
         monkeypatch.setenv("HTTPS_PROXY", os.environ["TM_PROXY_URL"])
         base = f"{HIDDEN_HOST}:{mock.port}"
@@ -653,7 +654,8 @@ ca_file = "{files["ca.pem"]}"
             try:
                 async with asyncio.timeout(60):
                     for upstream in settings.upstreams:
-                        body = {**chat_body(f"secrets {upstream}\n#mock tokens=3 interval_ms=1", upstream), "trace": True}
+                        prompt = f"secrets {upstream}\n#mock tokens=3 interval_ms=1"
+                        body = {**chat_body(prompt, upstream), "trace": True}
                         ends["sse", upstream] = _end(await stream_sse(run, body))
                         ends["ws", upstream] = _end(await run.ws_frames({"type": "chat", **body}))
                     await run.http("GET", "/v1/upstreams")
