@@ -10,7 +10,7 @@ from aiohttp import web
 from matrix import sse
 from matrix.delivery import Watchdog
 from matrix.errors import RequestError
-from matrix.keys import CLIENT, RELAY
+from matrix.appkeys import CLIENT, RELAY
 from matrix.logs import event
 from matrix.request import chat_request, parse_json
 from matrix.stream import Stream

@@ -16,7 +16,7 @@ import upstreams
 from . import access
 from .config import Settings
 from .errors import MatrixError, RequestError
-from .keys import ACCESS, CLIENT, RELAY
+from .appkeys import ACCESS, CLIENT, RELAY
 from .logs import install_filters as install_log_filters
 from .relay import Relay
 

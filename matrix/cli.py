@@ -8,9 +8,8 @@ import gc
 import logging
 import os
 import sys
-from pathlib import Path
 
-from .config import COMBOS, default_upstreams, load
+from .config import COMBOS, load
 from .errors import ConfigError
 
 EPILOG = """combinations (downstream-upstream): sse-sse, sse-ws, ws-sse, ws-ws.
@@ -122,11 +121,12 @@ async def _serve(args: argparse.Namespace) -> int:
         runners.append(runner)
         print(f"mock providers on http://{mock_host}:{port}  (stats: /_mock/stats)", flush=True)
     if args.command in ("serve", "demo"):
-        # `matrix demo` without a config file points the relay at the mock it just started.
-        upstreams = default_upstreams(f"127.0.0.1:{port}") if args.command == "demo" and \
-            args.config is None and not Path("matrix.toml").exists() else None
-        settings = load(args.config, server__combo=args.combo, server__host=args.host, server__port=args.port,
-                        upstreams=upstreams)
+        # A config without [upstreams] reaches the bundled mocks: the one `matrix demo` just
+        # started, or `matrix mock` on its default port.
+        from mock_ai import DEFAULT_PORT, relay_upstreams
+        mocks = relay_upstreams(f"127.0.0.1:{port if args.command == 'demo' else DEFAULT_PORT}")
+        settings = load(args.config, defaults={"upstreams": mocks}, server__combo=args.combo,
+                        server__host=args.host, server__port=args.port)
         configure_logs(settings.log.level, settings.log.format)
         runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port,
                                         settings.server.header_timeout_s)

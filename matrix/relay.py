@@ -23,7 +23,7 @@ from .logs import event
 from .metrics import Metrics
 from .request import ChatRequest
 from .stream import Stream
-from .upstream import Finish, Upstream
+from .provider import Finish, Upstream
 
 log = logging.getLogger("matrix.relay")
 

@@ -1,6 +1,12 @@
 """Configuration: file, environment overrides, secrets from the environment that never print."""
 
+import asyncio
+import sys
+
+import httpx
 import pytest
+
+from clients import TIMEOUT
 
 from matrix.config import load
 from matrix.errors import ConfigError
@@ -83,9 +89,25 @@ def test_unknown_key_is_refused(tmp_path):
         load(path)
 
 
-def test_defaults_point_at_the_mocks():
-    """With no file the relay targets the bundled mock providers on 127.0.0.1:9100."""
-    settings = load()
-    assert {u.url for u in settings.upstreams.values()} == {
+async def test_without_a_file_the_relay_targets_the_mocks(tmp_path):
+    """`matrix serve` with no config file targets the bundled mock providers on 127.0.0.1:9100."""
+    from test_shutdown import free_port
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "matrix", "serve", "--port", str(port),
+                                                cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with httpx.AsyncClient() as client, asyncio.timeout(TIMEOUT):
+            while True:
+                try:
+                    listed = (await client.get(f"http://127.0.0.1:{port}/v1/upstreams")).json()
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert listed["default"] == "spark"
+    assert {u["url"] for u in listed["upstreams"]} == {
         "ws://127.0.0.1:9100/v3.5/chat", "http://127.0.0.1:9100/assistant/conversation",
         "http://127.0.0.1:9100/v1/chat/completions"}

@@ -3,16 +3,16 @@
 import orjson
 import pytest
 
-from matrix.config import default_upstreams, UpstreamConfig
 from matrix.errors import UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
 from matrix.request import chat_request
-from matrix.upstream import Finish
+from matrix.provider import Finish
+from mock_ai import relay_upstreams
+from upstreams import DIALECTS
 from upstreams.baidu_agent import BaiduAgentDialect
 from upstreams.openai import OpenAIDialect
 from upstreams.spark import SparkDialect
 
-CONFIGS = {kind: UpstreamConfig(**cfg) for kind, cfg in
-           ((c["kind"], c) for c in default_upstreams().values())}
+CONFIGS = {c["kind"]: DIALECTS[c["kind"]].Config(**c) for c in relay_upstreams().values()}
 CHAT = chat_request({"messages": [{"role": "system", "content": "be brief"},
                                   {"role": "user", "content": "你好"}],
                      "params": {"temperature": 0.5, "max_tokens": 64}})

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, example, given, settings, strategies 
 from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
 from matrix.errors import RequestError
 from matrix.events import Delta, Done, Error, Start, Trace, decode
-from matrix.keys import RELAY
+from matrix.appkeys import RELAY
 from matrix.request import ChatRequest, chat_request, parse_json
 from matrix.sse import PING, Decoder, frame
 

@@ -26,7 +26,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
 from conftest import TEST_STREAM
 from matrix.app import create_app, start_site
-from matrix.config import Settings, default_upstreams
+from matrix.config import Settings
+from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
 from test_fuzz import answer_to
 
@@ -169,7 +170,7 @@ async def front():
                         stream={**TEST_STREAM, "retry_attempts": 1},
                         # one client address sends the whole corpus: lift the start rate limit
                         limits={"starts_per_minute": 1e6, "burst": 10**6},
-                        upstreams={**default_upstreams(f"127.0.0.1:{mock_port}"), **evil_upstreams(evil_port)})
+                        upstreams={**relay_upstreams(f"127.0.0.1:{mock_port}"), **evil_upstreams(evil_port)})
     relay_runner, port = await start_site(create_app(settings), "127.0.0.1", 0, settings.server.header_timeout_s)
     try:
         yield Front(f"http://127.0.0.1:{port}", port, errors)

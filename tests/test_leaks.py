@@ -8,7 +8,7 @@ import random
 import aiohttp
 
 from clients import chat_body
-from matrix.keys import RELAY
+from matrix.appkeys import RELAY
 
 N = 1000
 OUTCOMES = ("complete", "cancel", "disconnect", "fault")

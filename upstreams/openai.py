@@ -7,21 +7,33 @@ an error may arrive mid-stream as `data: {"error": {...}}`; unknown keys are ign
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import orjson
+from pydantic import SecretStr
 
 from matrix.config import UpstreamConfig
 from matrix.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable, from_http_status
 from matrix.request import ChatRequest
-from matrix.upstream import Finish, Item
+from matrix.provider import Finish, Item
 
 REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "tool_calls", "function_call": "tool_calls"}
 
 
-class OpenAIDialect:
-    transport = "sse"
+class OpenAIConfig(UpstreamConfig):
+    """`[upstreams.NAME]` with `kind = "openai"`: any chat-completions endpoint, its key and model."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    transport: ClassVar[str] = "sse"
+    kind: Literal["openai"] = "openai"
+    api_key: SecretStr = SecretStr("")  # vLLM and Ollama run without one
+    model: str = "gpt-4o-mini"
+
+
+class OpenAIDialect:
+    Config = OpenAIConfig
+
+    def __init__(self, config: OpenAIConfig) -> None:
         self.config = config
         self.reason: str | None = None
         self.usage: dict[str, int] | None = None
@@ -63,6 +75,8 @@ class OpenAIDialect:
     def eof(self) -> tuple[Item, ...]:
         raise UpstreamProtocolError("the provider closed the stream before data: [DONE]")
 
+
+DIALECT = OpenAIDialect
 
 def error_from_body(error: object) -> UpstreamError:
     if not isinstance(error, dict):

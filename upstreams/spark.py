@@ -9,12 +9,15 @@ JSON `message`.
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import orjson
+from pydantic import SecretStr
 
 from matrix.config import UpstreamConfig
 from matrix.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable, from_http_status
 from matrix.request import ChatRequest
-from matrix.upstream import Finish, Item
+from matrix.provider import Finish, Item
 
 from .spark_auth import signed_url
 
@@ -22,10 +25,21 @@ from .spark_auth import signed_url
 RETRYABLE_CODES = {10008, 10110, 10222, 11202, 11203}
 
 
-class SparkDialect:
-    transport = "ws"
+class SparkConfig(UpstreamConfig):
+    """`[upstreams.NAME]` with `kind = "spark"`: the app's three credentials and the model domain."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    transport: ClassVar[str] = "ws"
+    kind: Literal["spark"] = "spark"
+    app_id: str
+    api_key: SecretStr
+    api_secret: SecretStr
+    domain: str = "generalv3.5"  # must match the URL's version path (/v3.5/chat), else vendor code 10404
+
+
+class SparkDialect:
+    Config = SparkConfig
+
+    def __init__(self, config: SparkConfig) -> None:
         self.config = config
 
     def ws_url(self) -> str:
@@ -69,6 +83,8 @@ class SparkDialect:
     def eof(self) -> tuple[Item, ...]:
         raise UpstreamProtocolError("the provider closed the connection before the last frame (status 2)")
 
+
+DIALECT = SparkDialect
 
 def error_from_header(header: dict) -> UpstreamError:
     code = header.get("code")

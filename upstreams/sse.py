@@ -19,7 +19,7 @@ from matrix.idle import IdleTimeout
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from matrix.request import ChatRequest
 from matrix.sse import Decoder
-from matrix.upstream import Item, Tap
+from matrix.provider import Item, Tap
 
 MAX_ERROR_BODY = 64 * 1024
 

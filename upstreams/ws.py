@@ -18,7 +18,7 @@ from matrix.config import StreamConfig, UpstreamConfig
 from matrix.idle import IdleTimeout
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from matrix.request import ChatRequest
-from matrix.upstream import Item, Tap
+from matrix.provider import Item, Tap
 
 
 # websockets logs the request line (the signed URL) at debug level: keep it quiet whatever
