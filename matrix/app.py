@@ -7,6 +7,7 @@ import logging
 import signal
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
 import downstreams.sse
@@ -16,6 +17,7 @@ import upstreams
 from . import access
 from .config import Settings
 from .errors import MatrixError, RequestError
+from .events import encode
 from .appkeys import ACCESS, CLIENT, RELAY
 from .logs import install_filters as install_log_filters
 from .relay import Relay
@@ -56,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     ws_chat = downstreams.ws.chat if down in (None, "ws") else _pinned("ws", settings)
     app.router.add_post("/v1/chat/sse", sse_chat)
     app.router.add_get("/v1/chat/ws", ws_chat)
+    app.router.add_get("/v1/streams/{stream_id}", status)
     app.router.add_get("/v1/streams/{stream_id}/events", downstreams.sse.resume)
     app.router.add_post("/v1/streams/{stream_id}/cancel", cancel)
     app.router.add_get("/v1/upstreams", list_upstreams)
@@ -86,6 +89,15 @@ async def cancel(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     stream = relay.cancel(request.match_info["stream_id"], request[CLIENT])
     return web.json_response({"stream_id": stream.id, "finished": stream.finished})
+
+
+async def status(request: web.Request) -> web.Response:
+    """Where a stream is: its owner, upstream, combination, last seq and how it ended, if it did."""
+    stream = request.app[RELAY].get(request.match_info["stream_id"], request[CLIENT])
+    end = stream.terminal
+    return web.json_response({"stream_id": stream.id, "owner": stream.owner, "upstream": stream.upstream,
+                              "combo": stream.combo, "last_seq": stream.last_seq, "finished": end is not None,
+                              "end": orjson.loads(encode(end)) if end else None})  # the terminal event itself
 
 
 async def list_upstreams(request: web.Request) -> web.Response:

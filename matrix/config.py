@@ -18,8 +18,10 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .identity import owners
 
 COMBOS = ("sse-sse", "sse-ws", "ws-sse", "ws-ws")
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -76,14 +78,47 @@ class LimitsConfig(BaseModel):
 
 
 class AuthConfig(BaseModel):
-    """Client auth: off while `keys` is empty (the demo), on as soon as a key is configured."""
+    """Client auth: off while no key is configured (the demo), on as soon as one is.
+
+    `keys`: each key a client of its own, known by the key's fingerprint. `clients`: named
+    clients (`webapp = "${KEY}"`, or a list of keys: an old and a new one during a
+    rotation are the same client). See matrix/identity.py for what owns a stream.
+    """
 
     model_config = ConfigDict(extra="forbid")
     keys: list[SecretStr] = Field(default_factory=list)
+    clients: dict[str, list[SecretStr]] = Field(default_factory=dict)
     ticket_ttl_s: float = Field(60, gt=0)
 
-    _resolve = field_validator("keys", mode="before")(
-        classmethod(lambda cls, v: [_resolve_env(k) for k in v] if isinstance(v, list) else v))
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _resolve_keys(cls, value: Any) -> Any:
+        return [_resolve_env(k) for k in value] if isinstance(value, list) else value
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _resolve_clients(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {name: [_resolve_env(k) for k in (keys if isinstance(keys, list) else [keys])]
+                for name, keys in value.items()}
+
+    @model_validator(mode="after")
+    def _one_client_per_key(self) -> "AuthConfig":
+        for name, keys in self.clients.items():
+            if not _CLIENT_NAME.match(name):
+                raise ValueError(f"auth.clients: a client name is 1-64 of A-Z a-z 0-9 _ . - (got {name[:64]!r})")
+            if not keys:
+                raise ValueError(f"auth.clients.{name} has no key")
+        if any(not k.get_secret_value() for k in [*self.keys, *(k for ks in self.clients.values() for k in ks)]):
+            raise ValueError("auth: an empty key would let anyone in")
+        owners(*self.secrets())  # raises on a key given to two clients
+        return self
+
+    def secrets(self) -> tuple[list[str], dict[str, list[str]]]:
+        """The keys in clear, for matrix/identity.py: `keys` and `clients`."""
+        return ([k.get_secret_value() for k in self.keys],
+                {name: [k.get_secret_value() for k in keys] for name, keys in self.clients.items()})
 
 
 class LogConfig(BaseModel):
@@ -160,7 +195,7 @@ def _typed_upstream(name: str, raw: Any) -> UpstreamConfig:
         for e in exc.errors(include_input=False, include_url=False):
             field = ".".join(str(p) for p in e["loc"]) or "url"
             if e["type"] == "extra_forbidden":
-                problems.append(f"{field}: not a {kind} field ({kind} takes {fields})")
+                problems.append(f"{field}: not a field of kind {kind} (it takes {fields})")
             elif e["type"] == "missing":
                 problems.append(f"{field}: required for kind {kind}")
             else:

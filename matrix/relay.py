@@ -18,6 +18,7 @@ from typing import Iterator
 
 from .config import Settings
 from .errors import MatrixError, RequestError, ShuttingDown, StreamNotFound, UpstreamError, UpstreamProtocolError
+from .identity import may_touch
 from .limits import ClientLimits
 from .logs import event
 from .metrics import Metrics
@@ -78,7 +79,7 @@ class Relay:
         stream = self.streams.get(stream_id)
         if stream is None:
             raise StreamNotFound(f"no stream {stream_id!r} (unknown, or expired after replay_ttl_s)")
-        if client.startswith("key:") and stream.owner != client:
+        if not may_touch(stream.owner, client):
             raise RequestError(f"stream {stream_id!r} belongs to another client", code="forbidden", status=403)
         return stream
 
