@@ -1,6 +1,6 @@
 """Baidu agent conversation API (`POST /assistant/conversation`): `event:message` / `data:{...}` frames.
 
-Wire facts from research/upstream-protocols.md §2a: no space after the colons, bare
+Wire facts as in docs/protocols.md, "Baidu agent": no space after the colons, bare
 `event:ping` keep-alives, no `[DONE]` (the frame with `endTurn: true` ends the turn, then
 the body ends), errors as a frame with a non-zero top-level `status`. Status codes are
 the ones clients map (11 bad appId, 13 bad secretKey, 18 rate limit, 1000 bad request);

@@ -1,6 +1,6 @@
 """OpenAI-compatible chat completions (`POST /v1/chat/completions`): `chat.completion.chunk` frames.
 
-Wire facts from research/upstream-protocols.md §3: `data: ` with a space, the same
+Wire facts as in docs/protocols.md, "OpenAI-compatible": `data: ` with a space, the same
 `id`/`created`/`model` on every chunk, a first chunk with the role, a finish chunk, an
 optional usage chunk with `choices: []`, then `data: [DONE]`; errors before the stream
 are HTTP errors with an `{"error": {...}}` body, errors after it a `data:` line with

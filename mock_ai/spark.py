@@ -1,6 +1,6 @@
 """iFlytek Spark chat over WebSocket: signed-URL handshake, one request frame, status 0/1/2 frames.
 
-Wire facts from research/upstream-protocols.md §1 (checklist §1.7). A `#mock` line can
+Wire facts as in docs/protocols.md, "iFlytek Spark". A `#mock` line can
 only arrive in the request frame, after the upgrade; handshake-level faults therefore
 come from the app's defaults or from `POST /_mock/arm`, and in a request frame they
 become the vendor's equivalent error frame (see IN_FRAME_CODES).

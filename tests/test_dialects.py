@@ -1,4 +1,4 @@
-"""Vendor dialects against the example frames of research/upstream-protocols.md, no sockets."""
+"""Vendor dialects against example frames from the vendors' documentation (docs/protocols.md), no sockets."""
 
 import orjson
 import pytest

@@ -1,6 +1,6 @@
 """Baidu agents conversation API (agentapi.baidu.com/assistant/conversation): frames to items.
 
-Quirks handled (research/upstream-protocols.md §2a): `data:{` with no space (the SSE
+Quirks handled (docs/protocols.md, "Baidu agent"): `data:{` with no space (the SSE
 decoder accepts both); `event:ping` keep-alives; the turn ends with
 `data.message.endTurn: true`, not `[DONE]`; errors are a top-level `status != 0`, either
 as a frame of a 200 response or as a plain JSON body. Context lives on Baidu's side

@@ -1,6 +1,6 @@
 """OpenAI-compatible chat completions (OpenAI, DashScope/Qwen, vLLM, DeepSeek): frames to items.
 
-Quirks handled (research/upstream-protocols.md §3): the usage chunk has empty `choices`;
+Quirks handled (docs/protocols.md, "OpenAI-compatible"): the usage chunk has empty `choices`;
 `finish_reason` and usage may come in separate chunks, so the end is `data: [DONE]`;
 an error may arrive mid-stream as `data: {"error": {...}}`; unknown keys are ignored.
 """

@@ -1,6 +1,6 @@
 """iFlytek Spark chat over WebSocket: signed URL, request frame, response frames to items.
 
-Quirks handled (research/upstream-protocols.md §1): `header.code` is checked on every
+Quirks handled (docs/protocols.md, "iFlytek Spark"): `header.code` is checked on every
 frame before any content (a relay that forgets this shows users empty answers); text is
 incremental; `payload.choices.status == 2` marks the last frame, which alone carries
 usage; a close before that frame is an error; a refused handshake is HTTP 401 with a
@@ -21,7 +21,8 @@ from matrix.provider import Finish, Item
 
 from .spark_auth import signed_url
 
-# Busy, rate or concurrency limits: another attempt may pass (vendor table, research §1.6).
+# Busy, rate or concurrency limits: another attempt may pass (the vendor's error-code table,
+# docs/protocols.md).
 RETRYABLE_CODES = {10008, 10110, 10222, 11202, 11203}
 
 

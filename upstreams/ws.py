@@ -1,7 +1,7 @@
 """WebSocket upstream transport: connect with `websockets`, send the request frame, read frames.
 
 Compression is off (permessage-deflate costs 1.2-1.6x CPU and 3x memory per stream on
-this hop, research/performance.md); the provider's frames are small JSON text.
+this hop, docs/measuring.md); the provider's frames are small JSON text.
 """
 
 from __future__ import annotations
