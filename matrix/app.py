@@ -15,10 +15,10 @@ import downstreams.ws
 import upstreams
 
 from . import access
+from .appkeys import ACCESS, CLIENT, RELAY
 from .config import Settings
 from .errors import MatrixError, RequestError
 from .events import encode
-from .appkeys import ACCESS, CLIENT, RELAY
 from .logs import install_filters as install_log_filters
 from .relay import Relay
 

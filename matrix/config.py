@@ -183,7 +183,7 @@ def _typed_upstream(name: str, raw: Any) -> UpstreamConfig:
         raise _config_error(f"upstreams.{name}: must be a table")
     kinds = ", ".join(_KINDS) or "none registered (import the upstreams package first)"
     kind = raw.get("kind")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         what = "kind is missing" if kind is None else f"unknown kind {str(kind)[:40]!r}"
         raise _config_error(f"upstreams.{name}: {what}; known kinds: {kinds}")
     model = _KINDS[kind]
@@ -193,7 +193,7 @@ def _typed_upstream(name: str, raw: Any) -> UpstreamConfig:
         fields = ", ".join(f for f in model.model_fields if f != "kind")
         problems = []
         for e in exc.errors(include_input=False, include_url=False):
-            field = ".".join(str(p) for p in e["loc"]) or "url"
+            field = ".".join(str(p) for p in e["loc"]) or "url"  # the model-level checks are the url's
             if e["type"] == "extra_forbidden":
                 problems.append(f"{field}: not a field of kind {kind} (it takes {fields})")
             elif e["type"] == "missing":
