@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install browser clean
+.PHONY: demo test bench install browser system clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,12 +17,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/matrix demo
 
-# The browser tests drive Debian's Chromium (never a downloaded browser build).
-browser:
-	test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+# Real components the tests start themselves, from Debian's packages: Chromium for the
+# browser tests (never a downloaded browser build), nginx for the reverse-proxy tests.
+SYSTEM_PACKAGES := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /usr/sbin/nginx),,nginx-light)
 
-test: $(STAMP) browser
+system:
+	test -z "$(strip $(SYSTEM_PACKAGES))" || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES))
+
+browser: system
+
+test: $(STAMP) system
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
