@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+import downstreams.openai
 import downstreams.sse
 import downstreams.ws
 import upstreams
@@ -17,7 +18,7 @@ import upstreams
 from . import access
 from .appkeys import ACCESS, CLIENT, RELAY
 from .config import Settings
-from .errors import MatrixError, RequestError
+from .errors import MatrixError, RequestError, error_body
 from .events import encode
 from .logs import install_filters as install_log_filters
 from .relay import Relay
@@ -28,7 +29,7 @@ STATIC = Path(__file__).parent / "static"
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler):
-    """A refusal before a stream starts: HTTP 4xx/5xx with {"error": {"code", "message"}}."""
+    """A refusal before a stream starts: HTTP 4xx/5xx with {"error": {"code", "message", "type", "param"}}."""
     try:
         return await handler(request)
     except MatrixError as exc:
@@ -39,7 +40,7 @@ async def errors_as_json(request: web.Request, handler):
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "bad_request")
         request.app[RELAY].metrics.refusals.labels(code).inc()
-        return web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status,
+        return web.json_response(error_body(exc.status, code, exc.reason), status=exc.status,
                                  headers={k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
@@ -55,9 +56,14 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(access.cors_headers(guard))
     down = settings.downstream_transport
     sse_chat = downstreams.sse.chat if down in (None, "sse") else _pinned("sse", settings)
+    # The OpenAI-compatible door is SSE on the wire: a relay pinned to ws-* has it off too.
+    openai_chat = downstreams.openai.completions if down in (None, "sse") else _pinned("sse", settings)
     ws_chat = downstreams.ws.chat if down in (None, "ws") else _pinned("ws", settings)
     app.router.add_post("/v1/chat/sse", sse_chat)
     app.router.add_get("/v1/chat/ws", ws_chat)
+    app.router.add_post("/v1/chat/completions", openai_chat)
+    app.router.add_get("/v1/models", downstreams.openai.models)
+    app.router.add_get("/v1/models/{model}", downstreams.openai.model)
     app.router.add_get("/v1/streams/{stream_id}", status)
     app.router.add_get("/v1/streams/{stream_id}/events", downstreams.sse.resume)
     app.router.add_post("/v1/streams/{stream_id}/cancel", cancel)

@@ -97,8 +97,12 @@ class Relay:
     # -- readers and disconnect grace -------------------------------------------------
 
     @contextmanager
-    def reader(self, stream: Stream) -> Iterator[Stream]:
-        """Hold the stream while a client follows it; on leaving, start the grace timer."""
+    def reader(self, stream: Stream, grace_s: float | None = None) -> Iterator[Stream]:
+        """Hold the stream while a client follows it; on leaving, start the grace timer.
+
+        `grace_s` overrides `disconnect_grace_s`: 0 stops the provider as soon as the last
+        reader leaves (for clients that have no way to resume).
+        """
         sid = stream.id
         self._readers[sid] = self._readers.get(sid, 0) + 1
         if (timer := self._grace.pop(sid, None)) is not None:
@@ -108,7 +112,7 @@ class Relay:
         finally:
             self._readers[sid] -= 1
             if self._readers[sid] == 0 and not stream.finished and sid in self._pumps:
-                grace = self.settings.stream.disconnect_grace_s
+                grace = self.settings.stream.disconnect_grace_s if grace_s is None else grace_s
                 if grace <= 0:
                     self._stop_pump(sid)
                 else:

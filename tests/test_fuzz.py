@@ -48,7 +48,9 @@ def parse_or_refuse(raw: bytes | str) -> ChatRequest | RequestError:
         assert exc.code in ("invalid_json", "invalid_request"), exc.code
         assert isinstance(exc.message, str) and exc.message
         assert 400 <= exc.status < 500
-        assert exc.body() == {"error": {"code": exc.code, "message": exc.message}}
+        assert exc.body()["error"] == {"code": exc.code, "message": exc.message, "type": "invalid_request_error",
+                                       "param": exc.param}
+        assert exc.param is None or exc.message.startswith(exc.param)
         return exc
     assert isinstance(chat, ChatRequest) and 1 <= len(chat.messages) <= 1000
     assert chat.stream_id is None or (1 <= len(chat.stream_id) <= 128 and set(chat.stream_id) <= ID_CHARS)

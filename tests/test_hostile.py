@@ -203,9 +203,9 @@ def strict_sse(raw: bytes) -> list[dict]:
 
 
 def refusal(raw: bytes) -> dict:
-    """The body of an HTTP refusal, which must be exactly {"error": {"code", "message"}}."""
+    """The body of an HTTP refusal, which must be exactly {"error": {"code", "message", "type", "param"}}."""
     body = json.loads(raw)
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type", "param"}, body
     assert isinstance(body["error"]["code"], str) and body["error"]["code"]
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]
