@@ -79,9 +79,9 @@ class OpenAIDialect:
             frames.append(frame({**self._head, "choices": [], "usage": totals}))
         return [*frames, DONE]
 
-    def error(self, fault: Fault) -> bytes:
+    def error(self, fault: Fault) -> list[bytes]:
         message, type_, code = HTTP_ERRORS[500]
-        return frame(error(f"{message} (mock fault {fault})", type_, code))
+        return [frame(error(f"{message} (mock fault {fault})", type_, code))]
 
     def malformed(self) -> bytes:
         return b'data: {"id":"chatcmpl-\n\n'
@@ -117,7 +117,8 @@ class OpenAIChat:
         return _error_response(400, error(message, "invalid_request_error"))
 
     def http_error(self, status: int) -> web.Response:
-        return _error_response(status, error(*HTTP_ERRORS[status]))
+        # A status the vendor has no body for (fault=http_529 is Anthropic's) gets its 500 body.
+        return _error_response(status, error(*HTTP_ERRORS.get(status, HTTP_ERRORS[500])))
 
     def dialect(self, script: Script, ask: Ask, finish: str) -> OpenAIDialect:
         return OpenAIDialect(ask.model, finish, ask.prompt_tokens if script.usage else None,

@@ -64,7 +64,7 @@ class Dialect(Protocol):
 
     def token(self, text: str, *, last: bool) -> list[Frame]: ...
     def finish(self) -> list[Frame]: ...
-    def error(self, fault: Fault) -> Frame: ...
+    def error(self, fault: Fault) -> list[Frame]: ...
     def malformed(self) -> Frame: ...
 
 
@@ -79,6 +79,12 @@ class Channel:
     def stop(self, reason: Exception) -> None:
         if not self._stopped.done():
             self._stopped.set_result(reason)
+
+    def clear(self) -> None:
+        """Forget a stop that ended only the current answer (a cancelled response), so the
+        connection can serve the next one; a client that left stays left."""
+        if self._stopped.done() and not isinstance(self._stopped.result(), ClientGone):
+            self._stopped = asyncio.get_running_loop().create_future()
 
     def check(self) -> None:
         if self._stopped.done():
@@ -154,6 +160,8 @@ async def strike_fault(fault: Fault, dialect: Dialect, channel: Channel, conn: C
         conn.close("fault")
         channel.abort()
     else:
-        await channel.send(dialect.malformed() if fault.name == "malformed_after" else dialect.error(fault))
+        frames = [dialect.malformed()] if fault.name == "malformed_after" else dialect.error(fault)
+        for frame in frames:
+            await channel.send(frame)
         conn.close("fault")
         await channel.close()
