@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -36,6 +36,15 @@ class Ask:
     def prompt_tokens(self) -> int:
         # One "token" per code point: cheap, deterministic, and plausible for CJK text.
         return len(self.context)
+
+
+def text_of(content: Any, types: tuple[str, ...] = ("text",)) -> str:
+    """A message's text: a string, or the `text` of its content parts whose `type` is in `types`."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in types)
+    return ""
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
