@@ -168,7 +168,8 @@ class RealtimeDialect:
             text = "".join(self._text)
             output = [self._item(item_status)]
             frames += [dump({"type": f"{self._text_event}.done", **self._ids, "text": text}),
-                       dump({"type": "response.content_part.done", **self._ids, "part": {"type": "text", "text": text}}),
+                       dump({"type": "response.content_part.done", **self._ids,
+                             "part": {"type": "text", "text": text}}),
                        dump({"type": "response.output_item.done", "response_id": self._response["id"],
                              "output_index": 0, "item": output[0]})]
         frames.append(dump({"type": "response.done", "response": {

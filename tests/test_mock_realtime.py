@@ -194,7 +194,7 @@ async def test_the_beta_directive_switches_one_response(mock_url: str) -> None:
 
 
 async def test_a_wrong_key_is_refused_at_the_handshake(mock_url: str) -> None:
-    """A wrong Bearer key gets HTTP 401 on the upgrade with OpenAI's error body; the SDK raises websockets' InvalidStatus."""
+    """A wrong Bearer key gets HTTP 401 and OpenAI's error body on the upgrade; the SDK raises InvalidStatus."""
     with pytest.raises(websockets.InvalidStatus) as caught:
         async with client(mock_url, api_key="sk-wrong") as api, api.realtime.connect(model="gpt-realtime"):
             pass
