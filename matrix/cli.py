@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
                                             "MATRIX_<SECTION>__<KEY> environment variables override the file.")
     _relay_options(serve)
 
-    mock = commands.add_parser("mock", help="run the mock AI providers (Spark WS, Baidu agent SSE, OpenAI SSE)",
+    mock = commands.add_parser("mock", help="run the mock AI providers (Spark WS, Baidu agent SSE, OpenAI SSE, "
+                                            "Anthropic SSE, OpenAI Realtime WS)",
                                description="Serve protocol-faithful mock providers under the vendors' paths: "
                                            "/v3.5/chat (Spark WS), /assistant/conversation (Baidu agent SSE), "
-                                           "/v1/chat/completions (OpenAI SSE), and GET /_mock/stats. A line "
+                                           "/v1/chat/completions (OpenAI SSE), /v1/messages (Anthropic SSE), "
+                                           "/v1/realtime (OpenAI Realtime WS), and GET /_mock/stats. A line "
                                            "'#mock tokens=40 interval_ms=20 fault=drop_after:5' in the last user "
                                            "message scripts one answer.")
     mock.add_argument("--host", default="127.0.0.1")

@@ -1,4 +1,4 @@
-"""Mock AI providers speaking Spark (WS), Baidu agent (SSE) and OpenAI (SSE), scriptable by `#mock` lines."""
+"""Mock AI providers (Spark, Baidu agent, OpenAI, Anthropic, OpenAI Realtime), scriptable by `#mock` lines."""
 
 from .app import DEFAULT_PORT, create_app, running, serve
 from .script import DirectiveError, Fault, Script

@@ -66,8 +66,8 @@ class BaiduDialect:
     def finish(self) -> list[bytes]:
         return [self._message([{"isFinished": False, "feedback": {"showFeedback": True}}], end_turn=True)]
 
-    def error(self, fault: Fault) -> bytes:
-        return frame(error(500, f"agent failed (mock fault {fault})"))
+    def error(self, fault: Fault) -> list[bytes]:
+        return [frame(error(500, f"agent failed (mock fault {fault})"))]
 
     def malformed(self) -> bytes:
         return b'event:message\ndata:{"status":0,"message":"succ","data":{"message":{"content":[{\n\n'
@@ -102,7 +102,7 @@ class BaiduAgent:
         return self._one_frame(error(1000, f"invalid request: {message}"))
 
     def http_error(self, status: int) -> web.Response:
-        code, message = HTTP_STATUS[status]
+        code, message = HTTP_STATUS.get(status, HTTP_STATUS[500])
         return web.Response(status=status, body=orjson.dumps(error(code, message)),
                             content_type="application/json")
 
