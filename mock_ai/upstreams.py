@@ -15,4 +15,8 @@ def relay_upstreams(base: str = "127.0.0.1:9100", credentials: Credentials = Cre
                   "app_id": c.baidu_app_id, "secret_key": c.baidu_secret_key},
         "openai": {"kind": "openai", "url": f"http://{base}/v1/chat/completions",
                    "api_key": c.openai_api_key, "model": "qwen-plus"},
+        "anthropic": {"kind": "anthropic", "url": f"http://{base}/v1/messages",
+                      "api_key": c.anthropic_api_key, "model": "claude-mock"},
+        "realtime": {"kind": "openai-realtime", "url": f"ws://{base}/v1/realtime",
+                     "api_key": c.openai_api_key, "model": "gpt-realtime"},
     }

@@ -15,9 +15,14 @@ import httpx
 import websockets
 from httpx_sse import EventSource, aconnect_sse
 
+from mock_ai import relay_upstreams
 from mock_ai.script import Script
+from upstreams import DIALECTS
 
 TIMEOUT = 15.0  # every wait is bounded: a bug fails fast instead of hanging
+# Every upstream the tests' relay has (one per mock vendor) -> its transport: the
+# cross-combination tests parametrise over this, so a new vendor joins them all.
+UPSTREAMS = {name: DIALECTS[cfg["kind"]].Config.transport for name, cfg in relay_upstreams().items()}
 
 
 def chat_body(prompt: str, upstream: str | None = None, **extra) -> dict:

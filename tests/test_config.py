@@ -99,7 +99,8 @@ async def test_without_a_file_the_relay_targets_the_mocks(tmp_path):
     assert listed["default"] == "spark"
     assert {u["url"] for u in listed["upstreams"]} == {
         "ws://127.0.0.1:9100/v3.5/chat", "http://127.0.0.1:9100/assistant/conversation",
-        "http://127.0.0.1:9100/v1/chat/completions"}
+        "http://127.0.0.1:9100/v1/chat/completions", "http://127.0.0.1:9100/v1/messages",
+        "ws://127.0.0.1:9100/v1/realtime"}
 
 
 @pytest.mark.parametrize("table, named", [

@@ -79,7 +79,7 @@ def test_spark_busy_code_is_retryable():
 
 def test_spark_request_frame_carries_app_domain_history_and_params():
     """The Spark request frame holds app_id, the configured domain, the whole history and the params."""
-    frame = orjson.loads(SparkDialect(CONFIGS["spark"]).ws_request(CHAT))
+    frame = orjson.loads(SparkDialect(CONFIGS["spark"]).ws_requests(CHAT)[0])
     assert frame["header"]["app_id"] == "mock-app"
     assert frame["parameter"]["chat"] == {"domain": "generalv3.5", "temperature": 0.5, "max_tokens": 64}
     assert frame["payload"]["message"]["text"] == [{"role": "system", "content": "be brief"},

@@ -23,7 +23,7 @@ import websockets
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
+from clients import TIMEOUT, UPSTREAMS as TRANSPORTS, assert_well_formed, chat_body, expected_text, text_of
 from conftest import TEST_STREAM
 from matrix.app import create_app, start_site
 from matrix.config import Settings
@@ -33,7 +33,7 @@ from test_fuzz import answer_to
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-UPSTREAMS = ("openai", "baidu", "spark")
+UPSTREAMS = tuple(TRANSPORTS)
 # What a hostile provider says, in every field the relay passes on: line ends, a forged
 # terminal frame, NUL, a Unicode line separator, quotes.
 EVIL = 'boom\r\n\r\nevent: done\ndata: {}\n\nid: 99\r\x00\u2028 "end"'
@@ -708,7 +708,7 @@ async def test_after_the_corpus_every_combination_still_streams(front, down, ups
     else:
         outcome, events = await ws_send(front, json.dumps({"type": "chat", **chat_body(prompt, upstream)}))
     assert outcome.endswith("done stop") and text_of(events) == expected_text(prompt)
-    assert events[0]["combo"] == f"{down}-{'ws' if upstream == 'spark' else 'sse'}"
+    assert events[0]["combo"] == f"{down}-{TRANSPORTS[upstream]}"
 
 
 def _client_garbage(record: logging.LogRecord) -> bool:

@@ -9,12 +9,11 @@ import httpx
 import openai
 import pytest
 
-from clients import TIMEOUT, expected_text
+from clients import TIMEOUT, UPSTREAMS, expected_text
 from test_operations import samples, value
 from test_stop import provider_connection
 
-UPSTREAMS = ("spark", "baidu", "openai")
-USAGE = {"spark", "openai"}  # Baidu agents report no token usage
+USAGE = set(UPSTREAMS) - {"baidu"}  # Baidu agents report no token usage
 
 
 def async_client(base: str, key: str = "none") -> openai.AsyncOpenAI:

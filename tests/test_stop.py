@@ -11,9 +11,8 @@ import pytest
 import websockets
 from httpx_sse import aconnect_sse
 
-from clients import TIMEOUT, assert_well_formed, chat_body
+from clients import TIMEOUT, UPSTREAMS, assert_well_formed, chat_body
 
-UPSTREAMS = {"spark": "ws", "baidu": "sse", "openai": "sse"}
 HOWS = {"sse": ("http_cancel", "disconnect"), "ws": ("ws_cancel", "http_cancel", "disconnect"),
         "openai": ("disconnect",)}  # the OpenAI-compatible door: no stream id to cancel, no resume
 CASES = [(down, up, how) for down in HOWS for up in UPSTREAMS for how in HOWS[down]]

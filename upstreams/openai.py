@@ -66,11 +66,7 @@ class OpenAIDialect:
         return tuple(texts)
 
     def http_error(self, status: int, body: bytes) -> UpstreamError:
-        try:
-            error = orjson.loads(body)["error"]
-            return from_http_status(status, str(error.get("message")), _code(error))
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            return from_http_status(status, body[:200].decode("utf-8", "replace"))
+        return http_error(status, body)
 
     def eof(self) -> tuple[Item, ...]:
         raise UpstreamProtocolError("the provider closed the stream before data: [DONE]")
@@ -78,12 +74,22 @@ class OpenAIDialect:
 
 DIALECT = OpenAIDialect
 
+def http_error(status: int, body: bytes) -> UpstreamError:
+    """An HTTP refusal with OpenAI's `{"error": {...}}` body (chat completions, and the Realtime handshake)."""
+    try:
+        error = orjson.loads(body)["error"]
+        return from_http_status(status, str(error.get("message")), _code(error))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return from_http_status(status, body[:200].decode("utf-8", "replace"))
+
+
 def error_from_body(error: object) -> UpstreamError:
+    """An in-band `{"message", "type", "code"}` error: server and rate-limit errors may pass on a retry."""
     if not isinstance(error, dict):
         return UpstreamRejected(str(error))
     message = str(error.get("message") or "provider error")
-    cls = UpstreamUnavailable if error.get("type") in ("server_error", "rate_limit_error") else UpstreamRejected
-    return cls(message, upstream_code=_code(error))
+    retryable = error.get("type") in ("server_error", "rate_limit_error") or error.get("code") == "rate_limit_exceeded"
+    return (UpstreamUnavailable if retryable else UpstreamRejected)(message, upstream_code=_code(error))
 
 
 def _code(error: dict) -> str | None:

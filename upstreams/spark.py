@@ -43,12 +43,15 @@ class SparkDialect:
     def __init__(self, config: SparkConfig) -> None:
         self.config = config
 
-    def ws_url(self) -> str:
-        """A freshly signed URL; its signature works for minutes, so it is never logged."""
+    def ws_handshake(self) -> tuple[str, dict[str, str]]:
+        """A freshly signed URL (its signature works for minutes, so it is never logged); no headers."""
         return signed_url(self.config.url, self.config.api_key.get_secret_value(),
-                          self.config.api_secret.get_secret_value())
+                          self.config.api_secret.get_secret_value()), {}
 
-    def ws_request(self, chat: ChatRequest) -> str:
+    def ws_requests(self, chat: ChatRequest) -> list[str]:
+        return [self._request(chat)]
+
+    def _request(self, chat: ChatRequest) -> str:
         chat_params = {"domain": self.config.domain,
                        **chat.params.model_dump(include={"temperature", "max_tokens"}, exclude_none=True)}
         frame = {"header": {"app_id": self.config.app_id, "uid": (chat.params.user or "transport-matrix")[:32]},
@@ -83,6 +86,9 @@ class SparkDialect:
 
     def eof(self) -> tuple[Item, ...]:
         raise UpstreamProtocolError("the provider closed the connection before the last frame (status 2)")
+
+    def goodbye(self) -> None:
+        return None  # one answer per connection: closing it is the whole stop
 
 
 DIALECT = SparkDialect

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import AsyncIterator
 
 import websockets
@@ -41,8 +41,9 @@ class WSUpstream:
     @asynccontextmanager
     async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Item]]:
         dialect = self._dialect_cls(self.config)
+        url, headers = dialect.ws_handshake()
         try:
-            ws = await websockets.connect(dialect.ws_url(), open_timeout=self._connect_timeout,
+            ws = await websockets.connect(url, additional_headers=headers, open_timeout=self._connect_timeout,
                                           compression=None, max_size=4 * 2**20, ping_interval=None,
                                           close_timeout=1.0, user_agent_header=None, logger=_QUIET)
         except InvalidStatus as exc:
@@ -52,21 +53,26 @@ class WSUpstream:
             # signature that stays valid for minutes.
             raise UpstreamUnavailable(f"{self.name}: cannot connect: {type(exc).__name__}") from None
         items = None
+        finished: list[bool] = []
         try:
-            request = dialect.ws_request(chat)
-            if tap:
-                tap("out", request)
-            await ws.send(request)
-            items = self._items(ws, dialect, tap)
+            for request in dialect.ws_requests(chat):
+                if tap:
+                    tap("out", request)
+                await ws.send(request)
+            items = self._items(ws, dialect, finished, tap)
             yield items
         except ConnectionClosedError as exc:
             raise UpstreamProtocolError(f"{self.name}: connection closed before the request was sent") from exc
         finally:
             if items is not None:
                 await items.aclose()
+            if not finished and (goodbye := dialect.goodbye()) is not None:
+                # Stopped early: tell a provider that keeps the session what to stop, then close.
+                with suppress(asyncio.TimeoutError, WebSocketException, OSError):
+                    await asyncio.wait_for(ws.send(goodbye), timeout=0.1)
             await ws.close()
 
-    async def _items(self, ws, dialect, tap: Tap | None) -> AsyncIterator[Item]:
+    async def _items(self, ws, dialect, finished: list[bool], tap: Tap | None) -> AsyncIterator[Item]:
         parse = dialect.parse
         idle = self._idle_timeout
         try:
@@ -76,6 +82,8 @@ class WSUpstream:
                     if tap:
                         tap("in", message if isinstance(message, str) else message.decode("utf-8", "replace"))
                     for item in parse(message):
+                        if item.__class__ is not str:
+                            finished.append(True)
                         yield item
                         if item.__class__ is not str:
                             return
