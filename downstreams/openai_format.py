@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from matrix.errors import RequestError, error_body
 from matrix.events import Delta, Done, Error, Event, Start
@@ -55,7 +55,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")  # checked by hand: documented extras are ignored, others refused
     model: str = Field(max_length=64)
     messages: list[_Message] = Field(min_length=1, max_length=1000)
-    stream: bool = False
+    stream: StrictBool = False  # "yes" is not true here
     stream_options: _StreamOptions | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -97,7 +97,11 @@ def completion_request(body: Any) -> tuple[ChatRequest, Options]:
         chat = ChatRequest.model_validate({"messages": messages, "upstream": request.model,
                                            "params": {k: v for k, v in params.items() if v is not None}})
     except ValidationError as exc:
-        raise refusal(exc) from exc
+        refused = refusal(exc)  # named as the client named it: `temperature`, not `params.temperature`
+        ours = refused.param or ""
+        theirs = "model" if ours == "upstream" else ours.removeprefix("params.")
+        raise RequestError(refused.message.replace(ours, theirs, 1), code=refused.code, status=refused.status,
+                           param=theirs) from exc
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     return chat, Options(model=request.model, stream=request.stream, include_usage=include_usage)
 

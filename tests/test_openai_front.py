@@ -148,3 +148,57 @@ async def test_pinned_to_a_ws_downstream_the_door_is_off(make_relay):
         with pytest.raises(openai.NotFoundError) as refused:
             await client.chat.completions.create(model="openai", messages=user("hi"))
     assert refused.value.body["code"] == "combo_pinned"
+
+
+MSG = [{"role": "user", "content": "hi\n#mock tokens=2 interval_ms=0"}]
+HOSTILE = [  # body, status, code, param
+    (b"{nope", 400, "invalid_json", None),
+    (b"[]", 400, "invalid_request", None),
+    (b"\xff\xfe", 400, "invalid_json", None),
+    ({"messages": MSG}, 422, "invalid_request", "model"),
+    ({"model": "openai", "messages": []}, 422, "invalid_request", "messages"),
+    ({"model": "openai"}, 422, "invalid_request", "messages"),
+    ({"model": "openai", "messages": [{"role": "tool", "content": "x"}]}, 422, "invalid_request", "messages.0.role"),
+    ({"model": "openai", "messages": MSG, "temperature": "hot"}, 422, "invalid_request", "temperature"),
+    ({"model": "openai", "messages": MSG, "temperature": 7}, 422, "invalid_request", "temperature"),
+    ({"model": "openai", "messages": MSG, "max_tokens": -1}, 422, "invalid_request", "max_tokens"),
+    ({"model": "openai", "messages": MSG, "stream": "yes"}, 422, "invalid_request", "stream"),
+    ({"model": ["openai"], "messages": MSG}, 422, "invalid_request", "model"),
+    ({"model": "x" * 100, "messages": MSG}, 422, "invalid_request", "model"),
+    ({"model": "openai", "messages": MSG, "frobnicate": 1}, 400, "unknown_parameter", "frobnicate"),
+    ({"model": "openai", "messages": MSG, "tools": [{"type": "function"}]}, 400, "unsupported_parameter", "tools"),
+    ({"model": "openai", "messages": MSG, "n": 3}, 400, "unsupported_parameter", "n"),
+    ({"model": "openai", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     400, "unsupported_content", "messages.0.content"),
+    ({"model": "openai", "messages": [{"role": "assistant", "content": None}]}, 400, "unsupported_content",
+     "messages.0.content"),
+    ({"model": "openai", "messages": [{"role": "user", "content": "x" * 40_000}]}, 413, "message_too_long", None),
+    ({"model": "openai", "messages": MSG * 300}, 413, "too_many_messages", None),
+    ({"model": "nowhere", "messages": MSG}, 404, "unknown_upstream", None),
+]
+
+
+@pytest.mark.parametrize("body, status, code, param", HOSTILE, ids=[h[2] + str(i) for i, h in enumerate(HOSTILE)])
+async def test_bad_requests_get_openai_shaped_errors(relay_url, body, status, code, param):
+    """Each bad body is refused before any stream with its status and {"error": {message, type, code, param}}."""
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+        response = await client.post(f"{relay_url}/v1/chat/completions", headers={"Content-Type": "application/json"},
+                                     **kw)
+    error = response.json()["error"]
+    assert response.status_code == status and error["code"] == code and error["param"] == param, error
+    assert error["message"] and error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+
+
+async def test_documented_fields_are_accepted_and_text_parts_joined(relay_url):
+    """Fields OpenAI clients send by default are ignored, not refused; text parts and developer messages work."""
+    prompt = "parts\n#mock tokens=4 interval_ms=0"
+    async with async_client(relay_url) as client:
+        whole = await client.chat.completions.create(
+            model="openai", stream=False, seed=7, stop=["\n\n"], presence_penalty=0.1, frequency_penalty=0.1,
+            logit_bias={}, response_format={"type": "text"}, metadata={"a": "b"}, store=False, user="u-1",
+            max_completion_tokens=32, n=1, parallel_tool_calls=False, top_p=0.9, temperature=0.2,
+            messages=[{"role": "developer", "content": "be brief"},
+                      {"role": "user", "content": [{"type": "text", "text": "parts"},
+                                                   {"type": "text", "text": "\n#mock tokens=4 interval_ms=0"}]}])
+    assert whole.choices[0].message.content == expected_text(prompt)

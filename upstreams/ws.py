@@ -69,6 +69,8 @@ class WSUpstream:
             if not finished and (goodbye := dialect.goodbye()) is not None:
                 # Stopped early: tell a provider that keeps the session what to stop, then close.
                 with suppress(asyncio.TimeoutError, WebSocketException, OSError):
+                    if tap:
+                        tap("out", goodbye)
                     await asyncio.wait_for(ws.send(goodbye), timeout=0.1)
             await ws.close()
 
