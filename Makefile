@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install browser tls-tools clean
+.PHONY: demo test bench install browser system clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,17 +17,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/matrix demo
 
-# The browser tests drive Debian's Chromium (never a downloaded browser build).
-browser:
-	test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+# Real components the tests start themselves, from Debian's packages: Chromium for the
+# browser tests (never a downloaded browser build), nginx for the reverse-proxy tests,
+# openssl for the mutual-TLS test (`openssl s_server` sends the TLS alerts asyncio's server drops).
+SYSTEM_PACKAGES := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /usr/sbin/nginx),,nginx-light) \
+	$(if $(wildcard /usr/bin/openssl),,openssl)
 
-# The mutual-TLS test runs `openssl s_server`, a TLS stack that sends the alerts asyncio's server side drops.
-tls-tools:
-	command -v openssl >/dev/null || ! command -v apt-get >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl)
+system:
+	test -z "$(strip $(SYSTEM_PACKAGES))" || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES))
 
-test: $(STAMP) browser tls-tools
+browser: system
+
+test: $(STAMP) system
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

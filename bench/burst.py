@@ -2,7 +2,7 @@
 
 Tokens/s = (tokens - 1) / (last receipt - first receipt); CPU per token of whoever relays
 (the relay, nginx) or sends (the mock, for direct streams); the relay's ratio to nginx is
-taken within each repetition (research/performance.md §2.3).
+taken within each repetition (docs/measuring.md, "Burst").
 """
 
 from __future__ import annotations

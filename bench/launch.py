@@ -1,7 +1,7 @@
 """Child-process entry: `python -m bench.launch [--uvloop] ARGS` runs `matrix ARGS`, optionally on uvloop.
 
 The benchmark runs the mock providers (its token source) on uvloop so the harness costs
-less CPU than the system under test (research/performance.md §4.8); the relay runs on
+less CPU than the system under test (docs/measuring.md, "The load generator must be cheap"); the relay runs on
 whatever loop `matrix serve` chooses unless `--relay-uvloop` asks otherwise.
 """
 

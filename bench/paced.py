@@ -2,7 +2,7 @@
 
 Every stream is opened first and held idle (idle RSS is read then); all first tokens are
 scheduled for one instant t0 with a random phase per stream, and CPU is read from t0 to
-the end of the last stream (research/performance.md §2.2, "triad").
+the end of the last stream (docs/measuring.md, "Same-window references").
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import aiohttp
 
-from matrix.config import Settings, default_upstreams
+from matrix.config import Settings
+from mock_ai import relay_upstreams
 
 from . import nginx_conf
 from .sysstat import children
@@ -128,7 +129,7 @@ def relay_config(mock_base: str, default_upstream: str) -> str:
     lines = ["[server]", f"default_upstream = {json.dumps(default_upstream)}", ""]
     if limits := _limits():
         lines += ["[limits]", *(f"{key} = {json.dumps(value)}" for key, value in limits.items()), ""]
-    for name, fields in default_upstreams(mock_base.removeprefix("http://")).items():
+    for name, fields in relay_upstreams(mock_base.removeprefix("http://")).items():
         lines.append(f"[upstreams.{name}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
         lines.append("")

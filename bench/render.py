@@ -63,6 +63,6 @@ paced window runs the relayed streams plus direct and nginx reference streams of
 in the same time window, all opened and held idle first (idle RSS), first tokens scheduled for one instant \
 with a random phase. CPU = on-CPU ns from `/proc/<pid>/task/*/schedstat` over the streaming window, per \
 token delivered; × nginx = relay µs/token ÷ nginx µs/token of the same window (nginx carries only the \
-reference streams, as in research/performance.md §2.5). Memory = relay RSS growth per stream over its \
+reference streams, as in docs/measuring.md, "Same-window references"). Memory = relay RSS growth per stream over its \
 post-warm-up baseline. Windows run in shuffled order per repetition; figures are medians (min–max) over \
 repetitions."""

@@ -10,7 +10,7 @@ from pathlib import Path
 def cpu_ns(pid: int) -> int:
     """On-CPU nanoseconds of every live thread of `pid` (first field of each task's schedstat).
 
-    utime/stime only tick every 10 ms; schedstat is exact (research/performance.md §4.1).
+    utime/stime only tick every 10 ms; schedstat is exact (docs/measuring.md).
     """
     total = 0
     try:

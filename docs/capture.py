@@ -31,7 +31,8 @@ import httpx  # noqa: E402
 import websockets  # noqa: E402
 
 from matrix.app import create_app, start_site  # noqa: E402
-from matrix.config import ServerConfig, Settings, StreamConfig, default_upstreams  # noqa: E402
+from matrix.config import ServerConfig, Settings, StreamConfig  # noqa: E402
+from mock_ai import relay_upstreams  # noqa: E402
 from matrix.sse import Decoder  # noqa: E402
 from mock_ai.app import running  # noqa: E402
 
@@ -168,7 +169,7 @@ async def capture() -> dict[str, str]:
     blocks: dict[str, str] = {}
     async with running("127.0.0.1", 0) as mock_url:
         mock_port = int(mock_url.rsplit(":", 1)[1])
-        upstreams = default_upstreams(f"127.0.0.1:{mock_port}")
+        upstreams = relay_upstreams(f"127.0.0.1:{mock_port}")
         upstreams["spark-wrong-secret"] = {**upstreams["spark"], "api_secret": "not-the-secret"}
         settings = Settings(server=ServerConfig(port=0), stream=StreamConfig(), upstreams=upstreams)
         app = create_app(settings)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from aiohttp import web
 
 from matrix import sse
 from matrix.delivery import Watchdog
 from matrix.errors import RequestError
-from matrix.keys import CLIENT, RELAY
+from matrix.events import Event
+from matrix.appkeys import CLIENT, RELAY
 from matrix.logs import event
 from matrix.request import chat_request, parse_json
 from matrix.stream import Stream
@@ -54,26 +56,32 @@ async def resume(request: web.Request) -> web.StreamResponse:
     return await follow(request, stream, after)
 
 
-async def follow(request: web.Request, stream: Stream, after: int) -> web.StreamResponse:
+async def follow(request: web.Request, stream: Stream, after: int,
+                 frames: Callable[[list[Event]], bytes] = sse.frames, grace_s: float | None = None,
+                 transport: str = "sse") -> web.StreamResponse:
+    """Write the stream's events after `after` as `frames` renders them, with heartbeats, until its end.
+
+    `grace_s` as in `Relay.reader`; `transport` labels logs and metrics.
+    """
     relay = request.app[RELAY]
     response = web.StreamResponse(headers=sse.HEADERS)
     watchdog = Watchdog.for_request(request, relay.settings.stream, ping=lambda: response.write(sse.PING))
     await response.prepare(request)
     try:
-        with watchdog, relay.reader(stream):
+        with watchdog, relay.reader(stream, grace_s):
             async for batch in stream.follow(after):
                 watchdog.writing = True
-                await response.write(sse.frames(batch))
+                await response.write(frames(batch))
                 watchdog.writing = False
                 watchdog.writes += 1
     except (ConnectionError, asyncio.CancelledError) as exc:
         # The client left (aiohttp cancels the handler when its connection drops); the
         # relay's grace timer decides what happens upstream.
-        event(log, "client gone", stream_id=stream.id, transport="sse", slow=watchdog.gave_up)
+        event(log, "client gone", stream_id=stream.id, transport=transport, slow=watchdog.gave_up)
         if isinstance(exc, asyncio.CancelledError):
             raise
     finally:
         relay.metrics.heartbeats.inc(watchdog.pings)
         if watchdog.gave_up:
-            relay.metrics.slow_clients.labels("sse").inc()
+            relay.metrics.slow_clients.labels(transport).inc()
     return response

@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from matrix.delivery import Watchdog
 from matrix.errors import MatrixError, RequestError
 from matrix.events import Error, encode
-from matrix.keys import CLIENT, RELAY
+from matrix.appkeys import CLIENT, RELAY
 from matrix.logs import event
 from matrix.relay import Relay
 from matrix.request import chat_request, parse_json

@@ -8,16 +8,19 @@ import signal
 import ssl
 from pathlib import Path
 
+import orjson
 from aiohttp import web
 
+import downstreams.openai
 import downstreams.sse
 import downstreams.ws
 import upstreams
 
 from . import access
+from .appkeys import ACCESS, CLIENT, RELAY
 from .config import ServerConfig, Settings
-from .errors import ConfigError, MatrixError, RequestError
-from .keys import ACCESS, CLIENT, RELAY
+from .errors import ConfigError, MatrixError, RequestError, error_body
+from .events import encode
 from .logs import install_filters as install_log_filters
 from .relay import Relay
 
@@ -27,7 +30,7 @@ STATIC = Path(__file__).parent / "static"
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler):
-    """A refusal before a stream starts: HTTP 4xx/5xx with {"error": {"code", "message"}}."""
+    """A refusal before a stream starts: HTTP 4xx/5xx with {"error": {"code", "message", "type", "param"}}."""
     try:
         return await handler(request)
     except MatrixError as exc:
@@ -38,7 +41,7 @@ async def errors_as_json(request: web.Request, handler):
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "bad_request")
         request.app[RELAY].metrics.refusals.labels(code).inc()
-        return web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status,
+        return web.json_response(error_body(exc.status, code, exc.reason), status=exc.status,
                                  headers={k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
@@ -54,9 +57,15 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(access.cors_headers(guard))
     down = settings.downstream_transport
     sse_chat = downstreams.sse.chat if down in (None, "sse") else _pinned("sse", settings)
+    # The OpenAI-compatible door is SSE on the wire: a relay pinned to ws-* has it off too.
+    openai_chat = downstreams.openai.completions if down in (None, "sse") else _pinned("sse", settings)
     ws_chat = downstreams.ws.chat if down in (None, "ws") else _pinned("ws", settings)
     app.router.add_post("/v1/chat/sse", sse_chat)
     app.router.add_get("/v1/chat/ws", ws_chat)
+    app.router.add_post("/v1/chat/completions", openai_chat)
+    app.router.add_get("/v1/models", downstreams.openai.models)
+    app.router.add_get("/v1/models/{model}", downstreams.openai.model)
+    app.router.add_get("/v1/streams/{stream_id}", status)
     app.router.add_get("/v1/streams/{stream_id}/events", downstreams.sse.resume)
     app.router.add_post("/v1/streams/{stream_id}/cancel", cancel)
     app.router.add_get("/v1/upstreams", list_upstreams)
@@ -87,6 +96,15 @@ async def cancel(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     stream = relay.cancel(request.match_info["stream_id"], request[CLIENT])
     return web.json_response({"stream_id": stream.id, "finished": stream.finished})
+
+
+async def status(request: web.Request) -> web.Response:
+    """Where a stream is: its owner, upstream, combination, last seq and how it ended, if it did."""
+    stream = request.app[RELAY].get(request.match_info["stream_id"], request[CLIENT])
+    end = stream.terminal
+    return web.json_response({"stream_id": stream.id, "owner": stream.owner, "upstream": stream.upstream,
+                              "combo": stream.combo, "last_seq": stream.last_seq, "finished": end is not None,
+                              "end": orjson.loads(encode(end)) if end else None})  # the terminal event itself
 
 
 async def list_upstreams(request: web.Request) -> web.Response:

@@ -9,9 +9,8 @@ import logging
 import os
 import ssl
 import sys
-from pathlib import Path
 
-from .config import COMBOS, default_upstreams, load
+from .config import COMBOS, load
 from .errors import ConfigError
 
 EPILOG = """combinations (downstream-upstream): sse-sse, sse-ws, ws-sse, ws-ws.
@@ -29,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
                                             "MATRIX_<SECTION>__<KEY> environment variables override the file.")
     _relay_options(serve)
 
-    mock = commands.add_parser("mock", help="run the mock AI providers (Spark WS, Baidu agent SSE, OpenAI SSE)",
+    mock = commands.add_parser("mock", help="run the mock AI providers (Spark WS, Baidu agent SSE, OpenAI SSE, "
+                                            "Anthropic SSE, OpenAI Realtime WS)",
                                description="Serve protocol-faithful mock providers under the vendors' paths: "
                                            "/v3.5/chat (Spark WS), /assistant/conversation (Baidu agent SSE), "
-                                           "/v1/chat/completions (OpenAI SSE), and GET /_mock/stats. A line "
+                                           "/v1/chat/completions (OpenAI SSE), /v1/messages (Anthropic SSE), "
+                                           "/v1/realtime (OpenAI Realtime WS), and GET /_mock/stats. A line "
                                            "'#mock tokens=40 interval_ms=20 fault=drop_after:5' in the last user "
                                            "message scripts one answer.")
     mock.add_argument("--host", default="127.0.0.1")
@@ -158,11 +159,12 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"mock providers on {'https' if context else 'http'}://{mock_host}:{port}  (stats: /_mock/stats)",
               flush=True)
     if args.command in ("serve", "demo"):
-        # `matrix demo` without a config file points the relay at the mock it just started.
-        upstreams = default_upstreams(f"127.0.0.1:{port}") if args.command == "demo" and \
-            args.config is None and not Path("matrix.toml").exists() else None
-        settings = load(args.config, server__combo=args.combo, server__host=args.host, server__port=args.port,
-                        upstreams=upstreams)
+        # A config without [upstreams] reaches the bundled mocks: the one `matrix demo` just
+        # started, or `matrix mock` on its default port.
+        from mock_ai import DEFAULT_PORT, relay_upstreams
+        mocks = relay_upstreams(f"127.0.0.1:{port if args.command == 'demo' else DEFAULT_PORT}")
+        settings = load(args.config, defaults={"upstreams": mocks}, server__combo=args.combo,
+                        server__host=args.host, server__port=args.port)
         configure_logs(settings.log.level, settings.log.format)
         context = server_ssl_context(settings.server)
         runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port,

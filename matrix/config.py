@@ -11,15 +11,17 @@ import re
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .identity import owners
 
 COMBOS = ("sse-sse", "sse-ws", "ws-sse", "ws-ws")
-TRANSPORT_OF_KIND = {"spark": "ws", "baidu-agent": "sse", "openai": "sse"}
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -38,7 +40,7 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     combo: Literal["", "sse-sse", "sse-ws", "ws-sse", "ws-ws"] = ""
-    default_upstream: str = "spark"
+    default_upstream: str = ""  # empty: the first configured upstream
     max_body_bytes: int = Field(64 * 1024, gt=0)
     max_ws_frame_bytes: int = Field(64 * 1024, gt=0)
     drain_timeout_s: float = Field(10.0, ge=0)
@@ -88,14 +90,47 @@ class LimitsConfig(BaseModel):
 
 
 class AuthConfig(BaseModel):
-    """Client auth: off while `keys` is empty (the demo), on as soon as a key is configured."""
+    """Client auth: off while no key is configured (the demo), on as soon as one is.
+
+    `keys`: each key a client of its own, known by the key's fingerprint. `clients`: named
+    clients (`webapp = "${KEY}"`, or a list of keys: an old and a new one during a
+    rotation are the same client). See matrix/identity.py for what owns a stream.
+    """
 
     model_config = ConfigDict(extra="forbid")
     keys: list[SecretStr] = Field(default_factory=list)
+    clients: dict[str, list[SecretStr]] = Field(default_factory=dict)
     ticket_ttl_s: float = Field(60, gt=0)
 
-    _resolve = field_validator("keys", mode="before")(
-        classmethod(lambda cls, v: [_resolve_env(k) for k in v] if isinstance(v, list) else v))
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _resolve_keys(cls, value: Any) -> Any:
+        return [_resolve_env(k) for k in value] if isinstance(value, list) else value
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _resolve_clients(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {name: [_resolve_env(k) for k in (keys if isinstance(keys, list) else [keys])]
+                for name, keys in value.items()}
+
+    @model_validator(mode="after")
+    def _one_client_per_key(self) -> "AuthConfig":
+        for name, keys in self.clients.items():
+            if not _CLIENT_NAME.match(name):
+                raise ValueError(f"auth.clients: a client name is 1-64 of A-Z a-z 0-9 _ . - (got {name[:64]!r})")
+            if not keys:
+                raise ValueError(f"auth.clients.{name} has no key")
+        if any(not k.get_secret_value() for k in [*self.keys, *(k for ks in self.clients.values() for k in ks)]):
+            raise ValueError("auth: an empty key would let anyone in")
+        owners(*self.secrets())  # raises on a key given to two clients
+        return self
+
+    def secrets(self) -> tuple[list[str], dict[str, list[str]]]:
+        """The keys in clear, for matrix/identity.py: `keys` and `clients`."""
+        return ([k.get_secret_value() for k in self.keys],
+                {name: [k.get_secret_value() for k in keys] for name, keys in self.clients.items()})
 
 
 class LogConfig(BaseModel):
@@ -105,17 +140,17 @@ class LogConfig(BaseModel):
 
 
 class UpstreamConfig(BaseModel):
-    """One provider endpoint. Fields not used by a kind are ignored by it."""
+    """`[upstreams.NAME]`: what every kind shares.
+
+    Each vendor's dialect module subclasses this with its own fields, its `kind` literal
+    and its `transport`, and registers the subclass with `register_kind`; this module
+    names no vendor.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["spark", "baidu-agent", "openai"]
+    transport: ClassVar[str] = ""  # "sse" or "ws", set by the vendor's subclass
+    kind: str
     url: str
-    domain: str = "generalv3.5"
-    model: str = "gpt-4o-mini"
-    app_id: str = ""
-    api_key: SecretStr = SecretStr("")
-    api_secret: SecretStr = SecretStr("")
-    secret_key: SecretStr = SecretStr("")
     # -- network: TLS and proxy (every kind)
     ca_file: str = ""  # PEM bundle trusted in addition to the system's (and SSL_CERT_FILE / SSL_CERT_DIR)
     verify: bool = True  # false: no certificate check at all, for a lab; warned about at start-up
@@ -158,24 +193,55 @@ class UpstreamConfig(BaseModel):
             raise ValueError(f"a {self.kind} url has no host")
         return self
 
-    @property
-    def transport(self) -> str:
-        return TRANSPORT_OF_KIND[self.kind]
-
     def public(self, name: str) -> dict:
         """What `GET /v1/upstreams` shows: no secrets, no query string."""
         return {"name": name, "kind": self.kind, "transport": self.transport, "url": self.url.split("?")[0]}
 
 
-def default_upstreams(mock_base: str = "127.0.0.1:9100") -> dict[str, dict]:
-    return {
-        "spark": {"kind": "spark", "url": f"ws://{mock_base}/v3.5/chat", "domain": "generalv3.5",
-                  "app_id": "mock-app", "api_key": "mock-key", "api_secret": "mock-secret"},
-        "baidu": {"kind": "baidu-agent", "url": f"http://{mock_base}/assistant/conversation",
-                  "app_id": "mock-agent", "secret_key": "mock-secret"},
-        "openai": {"kind": "openai", "url": f"http://{mock_base}/v1/chat/completions",
-                   "api_key": "mock-key", "model": "qwen-plus"},
-    }
+_KINDS: dict[str, type[UpstreamConfig]] = {}
+
+
+def register_kind(config: type[UpstreamConfig]) -> str:
+    """Make `kind = "..."` in `[upstreams.NAME]` validate against `config`; returns the kind."""
+    kind = config.model_fields["kind"].default
+    if not isinstance(kind, str) or config.transport not in ("sse", "ws"):
+        raise TypeError(f"{config.__name__} needs a default `kind` and a `transport` of 'sse' or 'ws'")
+    if _KINDS.setdefault(kind, config) is not config:
+        raise TypeError(f"upstream kind {kind!r} is registered twice")
+    return kind
+
+
+def _typed_upstream(name: str, raw: Any) -> UpstreamConfig:
+    """One `[upstreams.NAME]` table, validated by its kind's model; errors name upstream, kind and field."""
+    if isinstance(raw, UpstreamConfig):
+        return raw
+    if not isinstance(raw, dict):
+        raise _config_error(f"upstreams.{name}: must be a table")
+    kinds = ", ".join(_KINDS) or "none registered (import the upstreams package first)"
+    kind = raw.get("kind")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        what = "kind is missing" if kind is None else f"unknown kind {str(kind)[:40]!r}"
+        raise _config_error(f"upstreams.{name}: {what}; known kinds: {kinds}")
+    model = _KINDS[kind]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        own = ", ".join(f for f in model.model_fields if f not in UpstreamConfig.model_fields)
+        problems = []
+        for e in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                problems.append(f"{field}: not a field of kind {kind} (it takes {own or 'no fields of its own'}, "
+                                f"besides url and the TLS and proxy fields)")
+            elif e["type"] == "missing":
+                problems.append(f"{field}: required for kind {kind}")
+            else:  # a model-level check has no field: its message names what it checks
+                problems.append(f"{field}: {e['msg']}" if field else e["msg"])
+        raise _config_error(f"upstreams.{name} (kind {kind}): {'; '.join(problems)}") from None
+
+
+def _config_error(text: str) -> PydanticCustomError:
+    return PydanticCustomError("upstream_config", "{text}", {"text": text})  # `text` names its location
 
 
 class Settings(BaseSettings):
@@ -186,13 +252,28 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
-    upstreams: dict[str, UpstreamConfig] = Field(default_factory=lambda: default_upstreams())
+    upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _by_kind(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        typed, problems = {}, []
+        for name, raw in value.items():  # every upstream's problems at once, not the first only
+            try:
+                typed[name] = _typed_upstream(name, raw)
+            except PydanticCustomError as exc:
+                problems.append(exc.context["text"])  # type: ignore[index]
+        if problems:
+            raise _config_error("; ".join(problems))
+        return typed
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         if not self.upstreams:
             raise ValueError("at least one upstream must be configured")
-        if self.server.default_upstream not in self.upstreams:
+        if self.server.default_upstream and self.server.default_upstream not in self.upstreams:
             raise ValueError(f"server.default_upstream {self.server.default_upstream!r} is not configured")
         if self.server.combo and not any(u.transport == self.upstream_transport for u in self.upstreams.values()):
             raise ValueError(f"combo {self.server.combo}: no configured upstream speaks {self.upstream_transport}")
@@ -207,10 +288,11 @@ class Settings(BaseSettings):
         return self.server.combo.split("-")[1] if self.server.combo else None
 
     def default_upstream(self) -> str:
-        """The configured default, or with a pinned combo the first upstream of its transport."""
+        """The configured default (else the first upstream), or with a pinned combo the first of its transport."""
         want = self.upstream_transport
-        if want is None or self.upstreams[self.server.default_upstream].transport == want:
-            return self.server.default_upstream
+        chosen = self.server.default_upstream or next(iter(self.upstreams))
+        if want is None or self.upstreams[chosen].transport == want:
+            return chosen
         return next(name for name, up in self.upstreams.items() if up.transport == want)
 
     @classmethod
@@ -220,8 +302,12 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
-def load(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load `path`, else ./matrix.toml, else built-in defaults pointing at the bundled mocks."""
+def load(path: str | Path | None = None, defaults: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Load `path`, else ./matrix.toml, else nothing; a section neither has comes from `defaults`.
+
+    The command line passes the bundled mocks' `upstreams` as a default, so a relay with
+    no config file reaches them; `overrides` (`server__port=0`) beat everything.
+    """
     data: dict[str, Any] = {}
     if path is None and Path("matrix.toml").exists():
         path = "matrix.toml"
@@ -230,6 +316,7 @@ def load(path: str | Path | None = None, **overrides: Any) -> Settings:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    data = {**(defaults or {}), **data}
     for dotted, value in overrides.items():  # e.g. server__port=0 from the command line
         if value is None:
             continue
@@ -242,6 +329,7 @@ def load(path: str | Path | None = None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         # Location and reason only: pydantic's own text quotes the input, secrets included.
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+        problems = "; ".join(e["msg"] if e["type"] == "upstream_config" else
+                             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
                              for e in exc.errors(include_input=False, include_url=False))
         raise ConfigError(f"invalid configuration: {problems}") from None

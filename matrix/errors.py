@@ -25,7 +25,7 @@ class MatrixError(Exception):
     retryable = False
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 retryable: bool | None = None, upstream_code: str | None = None) -> None:
+                 retryable: bool | None = None, upstream_code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -35,10 +35,22 @@ class MatrixError(Exception):
         if retryable is not None:
             self.retryable = retryable
         self.upstream_code = upstream_code
+        self.param = param  # the request field at fault, when one is
 
     def body(self) -> dict:
         """The `{"error": {...}}` body of an HTTP refusal."""
-        return {"error": {"code": self.code, "message": self.message}}
+        return error_body(self.status, self.code, self.message, self.param)
+
+
+# OpenAI's error `type` by HTTP status: the official SDKs pick their exception class by
+# status, and people read `type`; our `code` says exactly what happened.
+_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
+    """Every HTTP refusal's body: `code` and `message`, plus `type` and `param` as OpenAI shapes them."""
+    kind = _TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"code": code, "message": message, "type": kind, "param": param}}
 
 
 class ConfigError(MatrixError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .events import Done, Error
+from .identity import authenticated
 from .stream import Stream
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -36,11 +37,16 @@ class Metrics:
                                   registry=r)
         self.slow_clients = Counter("matrix_slow_client_disconnects_total",
                                     "Clients dropped for taking nothing for send_timeout_s", ["transport"], registry=r)
+        self.client_streams = Counter("matrix_client_streams_started_total",
+                                      "Streams started, by client name or key fingerprint (anonymous without keys)",
+                                      ["client"], registry=r)
         self.refusals = Counter("matrix_requests_refused_total", "Requests refused before a stream, by code",
                                 ["code"], registry=r)
 
     def stream_started(self, stream: Stream) -> None:
         self.active.labels(stream.combo, stream.upstream).inc()
+        # Peer addresses are unbounded: as a label they would grow the registry forever.
+        self.client_streams.labels(stream.owner if authenticated(stream.owner) else "anonymous").inc()
 
     def stream_ended(self, stream: Stream, now: float) -> None:
         labels = (stream.combo, stream.upstream)

@@ -18,12 +18,13 @@ from typing import Iterator
 
 from .config import Settings
 from .errors import MatrixError, RequestError, ShuttingDown, StreamNotFound, UpstreamError, UpstreamProtocolError
+from .identity import may_touch
 from .limits import ClientLimits
 from .logs import event
 from .metrics import Metrics
 from .request import ChatRequest
 from .stream import Stream
-from .upstream import Finish, Upstream
+from .provider import Finish, Upstream
 
 log = logging.getLogger("matrix.relay")
 
@@ -78,7 +79,7 @@ class Relay:
         stream = self.streams.get(stream_id)
         if stream is None:
             raise StreamNotFound(f"no stream {stream_id!r} (unknown, or expired after replay_ttl_s)")
-        if client.startswith("key:") and stream.owner != client:
+        if not may_touch(stream.owner, client):
             raise RequestError(f"stream {stream_id!r} belongs to another client", code="forbidden", status=403)
         return stream
 
@@ -96,8 +97,12 @@ class Relay:
     # -- readers and disconnect grace -------------------------------------------------
 
     @contextmanager
-    def reader(self, stream: Stream) -> Iterator[Stream]:
-        """Hold the stream while a client follows it; on leaving, start the grace timer."""
+    def reader(self, stream: Stream, grace_s: float | None = None) -> Iterator[Stream]:
+        """Hold the stream while a client follows it; on leaving, start the grace timer.
+
+        `grace_s` overrides `disconnect_grace_s`: 0 stops the provider as soon as the last
+        reader leaves (for clients that have no way to resume).
+        """
         sid = stream.id
         self._readers[sid] = self._readers.get(sid, 0) + 1
         if (timer := self._grace.pop(sid, None)) is not None:
@@ -107,7 +112,7 @@ class Relay:
         finally:
             self._readers[sid] -= 1
             if self._readers[sid] == 0 and not stream.finished and sid in self._pumps:
-                grace = self.settings.stream.disconnect_grace_s
+                grace = self.settings.stream.disconnect_grace_s if grace_s is None else grace_s
                 if grace <= 0:
                     self._stop_pump(sid)
                 else:

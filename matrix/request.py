@@ -41,10 +41,11 @@ class ChatRequest(BaseModel):
         return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
 
 
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors()[0]
+def refusal(exc: ValidationError) -> RequestError:
+    """A 422 naming the first field at fault (as `param` too) and what is wrong with it."""
+    first = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
+    return RequestError(f"{where}: {first['msg']}", code="invalid_request", status=422, param=where)
 
 
 def parse_json(raw: bytes | str) -> Any:
@@ -61,4 +62,4 @@ def chat_request(body: Any) -> ChatRequest:
     try:
         return ChatRequest.model_validate(body)
     except ValidationError as exc:
-        raise RequestError(_describe(exc), code="invalid_request", status=422) from exc
+        raise refusal(exc) from exc

@@ -3,8 +3,9 @@
 The decoder follows the WHATWG rules both official OpenAI and Anthropic SDKs implement:
 lines end in LF, CRLF or CR; one optional space after the colon is stripped (Baidu's
 agents write `data:{` with none); `:` lines are comments; `data` lines join with LF; a
-blank line dispatches. It buffers bytes and decodes only complete lines, so a read that
-ends inside a UTF-8 character (or inside a line) never corrupts text.
+blank line dispatches; one leading U+FEFF byte order mark is dropped. It buffers bytes and
+decodes only complete lines, so a read that ends inside a UTF-8 character (or inside a
+line) never corrupts text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .errors import UpstreamProtocolError
 from .events import Event, encode
 
 PING = b": ping\n\n"
+BOM = "\ufeff".encode()
 MAX_LINE = 4 * 2**20  # a provider line longer than this is broken, not a big token
 HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -42,7 +44,7 @@ class ServerSentEvent(NamedTuple):
 class Decoder:
     """Feed bytes as they arrive; get back the events completed by them."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr")
+    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_started")
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -50,10 +52,21 @@ class Decoder:
         self._event = ""
         self._id: str | None = None
         self._pending_cr = False
+        self._started = False  # False until the stream's first bytes are past any BOM
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         if not chunk:
             return []  # an empty read must not forget a CR waiting for its LF
+        if not self._started:
+            # WHATWG HTML "Interpreting an event stream": one leading U+FEFF is ignored, so
+            # `\ufeffdata:` is not a field named "\ufeffdata". Its 3 bytes may come split.
+            chunk = self._buffer + chunk
+            self._buffer = b""
+            if len(chunk) < len(BOM) and BOM.startswith(chunk):
+                self._buffer = chunk
+                return []
+            self._started = True
+            chunk = chunk.removeprefix(BOM)
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across two reads
         self._pending_cr = False

@@ -40,7 +40,7 @@ class Stream:
         self.pieces = 0  # provider text pieces, for metrics: counted here, observed once at the end
         self.first_text_at: float | None = None
         self.started_at = asyncio.get_running_loop().time()
-        self.owner = ""  # the client that started it: API key id, or peer address
+        self.owner = ""  # the client that started it: its owner id (matrix/identity.py)
 
     # -- writer side (the upstream pump) --------------------------------------------
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from . import control, spark, sse
+from . import control, realtime, spark, sse
+from .anthropic_messages import AnthropicMessages
 from .baidu_agent import BaiduAgent
 from .openai_chat import OpenAIChat
 from .script import Script
@@ -33,6 +34,8 @@ def create_app(*, defaults: Script | Mapping[str, Any] | None = None,
         app.router.add_get(path, spark.handle)
     app.router.add_post("/assistant/conversation", sse.handler(BaiduAgent()))
     app.router.add_post("/v1/chat/completions", sse.handler(OpenAIChat()))
+    app.router.add_post("/v1/messages", sse.handler(AnthropicMessages()))
+    app.router.add_get("/v1/realtime", realtime.handle)
     app.router.add_get("/_mock/stats", control.stats)
     app.router.add_post("/_mock/reset", control.reset)
     app.router.add_post("/_mock/arm", control.arm)

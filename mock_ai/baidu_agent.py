@@ -1,6 +1,6 @@
 """Baidu agent conversation API (`POST /assistant/conversation`): `event:message` / `data:{...}` frames.
 
-Wire facts from research/upstream-protocols.md §2a: no space after the colons, bare
+Wire facts as in docs/protocols.md, "Baidu agent": no space after the colons, bare
 `event:ping` keep-alives, no `[DONE]` (the frame with `endTurn: true` ends the turn, then
 the body ends), errors as a frame with a non-zero top-level `status`. Status codes are
 the ones clients map (11 bad appId, 13 bad secretKey, 18 rate limit, 1000 bad request);
@@ -66,8 +66,8 @@ class BaiduDialect:
     def finish(self) -> list[bytes]:
         return [self._message([{"isFinished": False, "feedback": {"showFeedback": True}}], end_turn=True)]
 
-    def error(self, fault: Fault) -> bytes:
-        return frame(error(500, f"agent failed (mock fault {fault})"))
+    def error(self, fault: Fault) -> list[bytes]:
+        return [frame(error(500, f"agent failed (mock fault {fault})"))]
 
     def malformed(self) -> bytes:
         return b'event:message\ndata:{"status":0,"message":"succ","data":{"message":{"content":[{\n\n'
@@ -102,7 +102,7 @@ class BaiduAgent:
         return self._one_frame(error(1000, f"invalid request: {message}"))
 
     def http_error(self, status: int) -> web.Response:
-        code, message = HTTP_STATUS[status]
+        code, message = HTTP_STATUS.get(status, HTTP_STATUS[500])
         return web.Response(status=status, body=orjson.dumps(error(code, message)),
                             content_type="application/json")
 

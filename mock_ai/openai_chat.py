@@ -1,6 +1,6 @@
 """OpenAI-compatible chat completions (`POST /v1/chat/completions`): `chat.completion.chunk` frames.
 
-Wire facts from research/upstream-protocols.md §3: `data: ` with a space, the same
+Wire facts as in docs/protocols.md, "OpenAI-compatible": `data: ` with a space, the same
 `id`/`created`/`model` on every chunk, a first chunk with the role, a finish chunk, an
 optional usage chunk with `choices: []`, then `data: [DONE]`; errors before the stream
 are HTTP errors with an `{"error": {...}}` body, errors after it a `data:` line with
@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .play import Ask, usage
+from .play import Ask, text_of, usage
 from .script import Fault, Script
-from .sse import json_frame
+from .sse import json_frame, json_response
 from .state import Credentials
 
 NAME = "openai"
@@ -79,9 +79,9 @@ class OpenAIDialect:
             frames.append(frame({**self._head, "choices": [], "usage": totals}))
         return [*frames, DONE]
 
-    def error(self, fault: Fault) -> bytes:
+    def error(self, fault: Fault) -> list[bytes]:
         message, type_, code = HTTP_ERRORS[500]
-        return frame(error(f"{message} (mock fault {fault})", type_, code))
+        return [frame(error(f"{message} (mock fault {fault})", type_, code))]
 
     def malformed(self) -> bytes:
         return b'data: {"id":"chatcmpl-\n\n'
@@ -102,7 +102,7 @@ class OpenAIChat:
         request = orjson.loads(body)
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             raise ValueError("'messages' is a required property")
-        texts = [(m.get("role"), _text(m.get("content"))) for m in request["messages"] if isinstance(m, dict)]
+        texts = [(m.get("role"), text_of(m.get("content"))) for m in request["messages"] if isinstance(m, dict)]
         user = [text for role, text in texts if role == "user"]
         max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
@@ -114,10 +114,11 @@ class OpenAIChat:
                    model=str(request.get("model") or "mock-model"))
 
     def bad_request(self, message: str) -> web.Response:
-        return _error_response(400, error(message, "invalid_request_error"))
+        return json_response(400, error(message, "invalid_request_error"))
 
     def http_error(self, status: int) -> web.Response:
-        return _error_response(status, error(*HTTP_ERRORS[status]))
+        # A status the vendor has no body for (fault=http_529 is Anthropic's) gets its 500 body.
+        return json_response(status, error(*HTTP_ERRORS.get(status, HTTP_ERRORS[500])))
 
     def dialect(self, script: Script, ask: Ask, finish: str) -> OpenAIDialect:
         return OpenAIDialect(ask.model, finish, ask.prompt_tokens if script.usage else None,
@@ -133,16 +134,3 @@ class OpenAIChat:
         if script.usage:
             completion["usage"] = usage(ask.prompt_tokens, len(tokens))
         return completion
-
-
-def _text(content: Any) -> str:
-    """A message's text: a string, or the text parts of a content-part list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def _error_response(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")

@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -36,6 +36,15 @@ class Ask:
     def prompt_tokens(self) -> int:
         # One "token" per code point: cheap, deterministic, and plausible for CJK text.
         return len(self.context)
+
+
+def text_of(content: Any, types: tuple[str, ...] = ("text",)) -> str:
+    """A message's text: a string, or the `text` of its content parts whose `type` is in `types`."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in types)
+    return ""
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -64,7 +73,7 @@ class Dialect(Protocol):
 
     def token(self, text: str, *, last: bool) -> list[Frame]: ...
     def finish(self) -> list[Frame]: ...
-    def error(self, fault: Fault) -> Frame: ...
+    def error(self, fault: Fault) -> list[Frame]: ...
     def malformed(self) -> Frame: ...
 
 
@@ -79,6 +88,12 @@ class Channel:
     def stop(self, reason: Exception) -> None:
         if not self._stopped.done():
             self._stopped.set_result(reason)
+
+    def clear(self) -> None:
+        """Forget a stop that ended only the current answer (a cancelled response), so the
+        connection can serve the next one; a client that left stays left."""
+        if self._stopped.done() and not isinstance(self._stopped.result(), ClientGone):
+            self._stopped = asyncio.get_running_loop().create_future()
 
     def check(self) -> None:
         if self._stopped.done():
@@ -154,6 +169,8 @@ async def strike_fault(fault: Fault, dialect: Dialect, channel: Channel, conn: C
         conn.close("fault")
         channel.abort()
     else:
-        await channel.send(dialect.malformed() if fault.name == "malformed_after" else dialect.error(fault))
+        frames = [dialect.malformed()] if fault.name == "malformed_after" else dialect.error(fault)
+        for frame in frames:
+            await channel.send(frame)
         conn.close("fault")
         await channel.close()

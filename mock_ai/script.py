@@ -41,7 +41,7 @@ class Fault:
     COUNTED: ClassVar[frozenset[str]] = frozenset(
         {"error_after", "drop_after", "stall_after", "malformed_after"})
     PLAIN: ClassVar[frozenset[str]] = frozenset(
-        {"error_before", "http_429", "http_500", "http_503", "handshake_401"})
+        {"error_before", "http_429", "http_500", "http_503", "http_529", "handshake_401"})
 
     @classmethod
     def parse(cls, text: str) -> Fault | None:
@@ -82,6 +82,8 @@ class Script:
     finish: str = "stop"        # stop | length
     usage: bool = True
     tag: str = ""
+    error: str = ""             # the error type/code an error fault carries, where the vendor has a choice
+    beta: bool = False          # Realtime: the beta event names (`response.text.delta`)
     fail_times: int | None = None   # None: the fault strikes every time
     fault: Fault | None = None
 
@@ -173,6 +175,12 @@ def _flag(key: str, text: str) -> bool:
     raise DirectiveError(f"{key}={text!r} must be 0 or 1")
 
 
+def _word(key: str, text: str) -> str:
+    if not re.fullmatch(r"[a-z_]+", text):
+        raise DirectiveError(f"{key}={text!r} must be a lower-case word like overloaded_error")
+    return text
+
+
 def _choice(key: str, text: str, allowed: tuple[str, ...]) -> str:
     if text not in allowed:
         raise DirectiveError(f"{key}={text!r} must be one of {allowed}")
@@ -188,6 +196,8 @@ _PARSERS = {
     "finish": lambda v: _choice("finish", v, ("stop", "length")),
     "usage": lambda v: _flag("usage", v),
     "tag": lambda v: v,
+    "error": lambda v: _word("error", v),
+    "beta": lambda v: _flag("beta", v),
     "fail_times": lambda v: _number(int, "fail_times", v),
     "fault": Fault.parse,
 }

@@ -1,6 +1,6 @@
 """iFlytek Spark chat over WebSocket: signed-URL handshake, one request frame, status 0/1/2 frames.
 
-Wire facts from research/upstream-protocols.md §1 (checklist §1.7). A `#mock` line can
+Wire facts as in docs/protocols.md, "iFlytek Spark". A `#mock` line can
 only arrive in the request frame, after the upgrade; handshake-level faults therefore
 come from the app's defaults or from `POST /_mock/arm`, and in a request frame they
 become the vendor's equivalent error frame (see IN_FRAME_CODES).
@@ -21,7 +21,7 @@ from .play import Ask, ClientGone, play, plan, usage
 from .script import DirectiveError, Fault, Script
 from .state import STATE, MockState
 from .stats import Connection
-from .ws import SecondRequest, WSChannel
+from .ws import SecondRequest, WSChannel, handshake_fault
 
 NAME = "spark"
 # URL path -> the `parameter.chat.domain` it serves (§1.1); any other domain gets 10404.
@@ -86,9 +86,9 @@ class SparkDialect:
         # Only an empty answer has not sent its status-2 frame with the last token.
         return [] if self._ended else [self._frame("", last=True)]
 
-    def error(self, fault: Fault) -> str:
-        code, message = IN_FRAME_CODES[fault.name]
-        return error_frame(code, f"{message} (mock fault {fault})", self.sid)
+    def error(self, fault: Fault) -> list[str]:
+        code, message = IN_FRAME_CODES.get(fault.name, IN_FRAME_CODES["http_500"])
+        return [error_frame(code, f"{message} (mock fault {fault})", self.sid)]
 
     def malformed(self) -> str:
         return '{"header":{"code":0,"message":"Success","sid":"' + self.sid
@@ -120,15 +120,10 @@ def _handshake(request: web.Request, state: MockState, conn: Connection) -> tupl
     except spark_auth.SignatureError as exc:
         conn.close("rejected")
         return web.json_response(exc.body(), status=401), state.defaults
-    base = state.base(NAME)
-    conn.tag = base.tag
-    status = base.fault.http_status if base.fault else None
+    status, base = handshake_fault(state, NAME, conn)
     if status is None:
         return None, base
-    if state.strikes(NAME, "#handshake", base):
-        conn.close("fault")
-        return web.json_response(HANDSHAKE_BODIES[status], status=status), base
-    return None, base.replace(fault=None)  # spent at the handshake; not for the request frame
+    return web.json_response(HANDSHAKE_BODIES.get(status, HANDSHAKE_BODIES[500]), status=status), base
 
 
 async def _converse(request: web.Request, ws: web.WebSocketResponse, state: MockState, base: Script,

@@ -130,6 +130,11 @@ async def _whole(request: web.Request, state: MockState, conn: Connection, vendo
             return web.Response()  # never sent: the connection is gone
 
 
+def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A vendor's JSON error (or other) body with that status."""
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
 def json_frame(prefix: bytes, payload: Any) -> bytes:
     """One SSE event: `prefix` (e.g. b"data: ") + compact UTF-8 JSON + blank line."""
     return prefix + orjson.dumps(payload) + b"\n\n"

@@ -14,7 +14,7 @@ from .liveness import Watchdog
 from .script import Script, coerce, parse_directive
 from .stats import Stats
 
-VENDORS = ("spark", "baidu-agent", "openai")
+VENDORS = ("spark", "baidu-agent", "openai", "anthropic", "openai-realtime")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class Credentials:
     spark_api_secret: str = "mock-secret"
     baidu_app_id: str = "mock-agent"
     baidu_secret_key: str = "mock-secret"
-    openai_api_key: str = "mock-key"
+    openai_api_key: str = "mock-key"          # chat completions and Realtime alike, as the vendor's keys
+    anthropic_api_key: str = "mock-key"
 
     @classmethod
     def coerce(cls, value: Credentials | Mapping[str, str] | None) -> Credentials:

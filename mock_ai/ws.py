@@ -8,6 +8,9 @@ from types import TracebackType
 from aiohttp import WSMsgType, web
 
 from .play import Channel, ClientGone, Frame
+from .script import Script
+from .state import MockState
+from .stats import Connection
 
 
 class SecondRequest(Exception):
@@ -38,7 +41,14 @@ class WSChannel(Channel):
         # connection, and when our own close() interrupts this read.
         async for msg in self._ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                self.stop(SecondRequest())
+                self.received(msg.data)
+        self.left()
+
+    def received(self, data: str | bytes) -> None:
+        """A client message while the answer streams: one request per connection here."""
+        self.stop(SecondRequest())
+
+    def left(self) -> None:
         self.stop(ClientGone("client closed the WebSocket"))
 
     async def send(self, frame: Frame) -> None:
@@ -51,3 +61,20 @@ class WSChannel(Channel):
 
     async def close(self) -> None:
         await self._ws.close(code=1000)
+
+
+def handshake_fault(state: MockState, vendor: str, conn: Connection) -> tuple[int | None, Script]:
+    """The HTTP status to refuse a WebSocket upgrade with (None: accept), and the base script.
+
+    A `#mock` line arrives only after the upgrade, so a handshake fault comes from the
+    app's defaults or from `POST /_mock/arm`; once spent here it is not played again.
+    """
+    base = state.base(vendor)
+    conn.tag = base.tag
+    status = base.fault.http_status if base.fault else None
+    if status is None:
+        return None, base
+    if state.strikes(vendor, "#handshake", base):
+        conn.close("fault")
+        return status, base
+    return None, base.replace(fault=None)

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import sys
+from asyncio.subprocess import Process
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
 
 import httpx
 import websockets
 from httpx_sse import EventSource, aconnect_sse
 
+from mock_ai import relay_upstreams
 from mock_ai.script import Script
+from upstreams import DIALECTS
 
 TIMEOUT = 15.0  # every wait is bounded: a bug fails fast instead of hanging
+# Every upstream the tests' relay has (one per mock vendor) -> its transport: the
+# cross-combination tests parametrise over this, so a new vendor joins them all.
+UPSTREAMS = {name: DIALECTS[cfg["kind"]].Config.transport for name, cfg in relay_upstreams().items()}
 
 
 def chat_body(prompt: str, upstream: str | None = None, **extra) -> dict:
@@ -106,3 +117,31 @@ async def read_some(down: str, base: str, *, body: dict | None = None, stream_id
                     if take(json.loads(frame)):
                         break
     return events
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@asynccontextmanager
+async def matrix_serve(*args: str, port: int, cwd: Path | None = None) -> AsyncIterator[tuple[Process, str]]:
+    """A real `matrix serve ARGS` process listening on `port`, until the block ends (killed if still up)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "matrix", "serve", *args, cwd=cwd,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client, asyncio.timeout(TIMEOUT):
+            while True:
+                try:
+                    await client.get(f"{base}/healthz")
+                    break
+                except httpx.ConnectError:
+                    assert proc.returncode is None, (await proc.stdout.read()).decode()  # type: ignore[union-attr]
+                    await asyncio.sleep(0.05)
+        yield proc, base
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

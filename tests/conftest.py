@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from matrix.app import create_app
-from matrix.config import ServerConfig, Settings, StreamConfig, default_upstreams
+from matrix.config import ServerConfig, Settings, StreamConfig
+from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
 
 # Tests default to no disconnect grace, so a stop is visible at once; grace tests set it.
@@ -24,7 +25,7 @@ def make_relay(aiohttp_server, mock):
     async def make(server: dict | None = None, **stream):
         settings = Settings(server=ServerConfig(**(server or {})),
                             stream=StreamConfig(**{**TEST_STREAM, **stream}),
-                            upstreams=default_upstreams(f"127.0.0.1:{mock.port}"))
+                            upstreams=relay_upstreams(f"127.0.0.1:{mock.port}"))
         return await aiohttp_server(create_app(settings))
     return make
 

@@ -18,9 +18,10 @@ from mock_ai import create_app, running
 from upstreams.spark_auth import signed_url
 
 WAIT = 5.0  # bound on every wait, so a bug fails fast instead of hanging
-VENDORS = ("spark", "baidu-agent", "openai")
+VENDORS = ("spark", "baidu-agent", "openai", "anthropic", "openai-realtime")
 BAIDU_PATH = "/assistant/conversation?appId=mock-agent&secretKey=mock-secret"
 OPENAI_HEADERS = {"Authorization": "Bearer mock-key"}
+ANTHROPIC_HEADERS = {"x-api-key": "mock-key", "anthropic-version": "2023-06-01"}
 
 Start = Callable[..., Awaitable[str]]
 # Built once: loading the CA bundle blocks the event loop ~30 ms, and the server under
@@ -71,6 +72,22 @@ def baidu_request(text: str, **extra: Any) -> dict[str, Any]:
             "source": "mock-agent", "from": "openapi", "openId": "user-1", **extra}
 
 
+def anthropic_request(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "claude-mock", "max_tokens": 1024, "system": "be brief",
+            "messages": [{"role": "user", "content": text}], **extra}
+
+
+def realtime_url(base: str, model: str = "gpt-realtime") -> str:
+    return f"{base.replace('http://', 'ws://', 1)}/v1/realtime?model={model}"
+
+
+async def realtime_ask(ws: Any, text: str, **response: Any) -> None:
+    """Send one user message and `response.create` on an open Realtime session."""
+    await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))
+    await ws.send(json.dumps({"type": "response.create", **({"response": response} if response else {})}))
+
+
 def spark_request(text: str, domain: str = "generalv3.5", app_id: str = "mock-app") -> str:
     return json.dumps({"header": {"app_id": app_id, "uid": "user-1"},
                        "parameter": {"chat": {"domain": domain, "temperature": 0.5}},
@@ -95,6 +112,32 @@ async def token_stream(vendor: str, base: str, text: str) -> AsyncIterator[Async
                     assert frame["header"]["code"] == 0, frame
                     yield frame["payload"]["choices"]["text"][0]["content"]
             yield spark_pieces()
+        return
+    if vendor == "openai-realtime":
+        async with websockets.connect(realtime_url(base), additional_headers=OPENAI_HEADERS,
+                                      open_timeout=WAIT, close_timeout=WAIT) as ws:
+            await realtime_ask(ws, text)
+
+            async def realtime_pieces() -> AsyncIterator[str]:
+                async for message in ws:
+                    event = json.loads(message)
+                    assert event["type"] != "error", event
+                    if event["type"] == "response.output_text.delta":
+                        yield event["delta"]
+                    elif event["type"] == "response.done":
+                        return
+            yield realtime_pieces()
+        return
+    if vendor == "anthropic":
+        async with http_client(base) as client, httpx_sse.aconnect_sse(
+                client, "POST", "/v1/messages", json=anthropic_request(text, stream=True),
+                headers=ANTHROPIC_HEADERS) as source:
+
+            async def anthropic_pieces() -> AsyncIterator[str]:
+                async for event in source.aiter_sse():
+                    if event.event == "content_block_delta":
+                        yield json.loads(event.data)["delta"]["text"]
+            yield anthropic_pieces()
         return
     async with http_client(base) as client:
         path, body = (BAIDU_PATH, baidu_request(text)) if vendor == "baidu-agent" else \

@@ -16,9 +16,10 @@ KEY, OTHER = "tm-key-alice", "tm-key-bob"
 async def auth_url(aiohttp_server, mock, monkeypatch):
     """A relay with two API keys (one from ${ENV}) and one allow-listed origin."""
     from matrix.app import create_app
-    from matrix.config import Settings, default_upstreams
+    from matrix.config import Settings
+    from mock_ai import relay_upstreams
     monkeypatch.setenv("TM_TEST_KEY", KEY)
-    settings = Settings(upstreams=default_upstreams(f"127.0.0.1:{mock.port}"),
+    settings = Settings(upstreams=relay_upstreams(f"127.0.0.1:{mock.port}"),
                         auth={"keys": ["${TM_TEST_KEY}", OTHER]},
                         server={"allowed_origins": ["https://app.example"]},
                         stream={"disconnect_grace_s": 5})
@@ -110,7 +111,7 @@ async def test_message_limits(make_relay):
     """Too many messages or a too long message is refused with 413 and a code."""
     relay = await make_relay()
     base = f"http://127.0.0.1:{relay.port}"
-    from matrix.keys import RELAY
+    from matrix.appkeys import RELAY
     relay.app[RELAY].limits.config = relay.app[RELAY].limits.config.model_copy(
         update={"max_messages": 3, "max_message_chars": 50})
     async with httpx.AsyncClient() as client:
@@ -123,7 +124,7 @@ async def test_message_limits(make_relay):
 async def test_streams_per_socket_limit(make_relay):
     """A socket over max_streams_per_socket gets too_many_streams; its live streams go on."""
     relay = await make_relay()
-    from matrix.keys import RELAY
+    from matrix.appkeys import RELAY
     relay.app[RELAY].settings.limits.max_streams_per_socket = 2
     url = f"ws://127.0.0.1:{relay.port}/v1/chat/ws"
     async with websockets.connect(url) as ws:
@@ -142,7 +143,7 @@ async def test_streams_per_socket_limit(make_relay):
 async def test_rate_limit_per_client(make_relay):
     """Stream starts beyond the token bucket are refused with 429 rate_limited, retryable."""
     relay = await make_relay()
-    from matrix.keys import RELAY
+    from matrix.appkeys import RELAY
     limits = relay.app[RELAY].limits
     limits.config = limits.config.model_copy(update={"burst": 2, "starts_per_minute": 1})
     base = f"http://127.0.0.1:{relay.port}"
@@ -158,7 +159,7 @@ async def test_rate_limit_per_client(make_relay):
 async def test_concurrent_streams_per_client_limit(make_relay):
     """Live streams per client beyond max_streams_per_client are refused with 429 too_many_streams."""
     relay = await make_relay()
-    from matrix.keys import RELAY
+    from matrix.appkeys import RELAY
     limits = relay.app[RELAY].limits
     limits.config = limits.config.model_copy(update={"max_streams_per_client": 1})
     base = f"http://127.0.0.1:{relay.port}"
@@ -173,7 +174,7 @@ async def test_concurrent_streams_per_client_limit(make_relay):
 async def test_slowloris_connection_is_closed(make_relay):
     """A client trickling its request headers is disconnected after header_timeout_s."""
     from matrix.app import create_app, start_site
-    from matrix.keys import RELAY
+    from matrix.appkeys import RELAY
     server = await make_relay()
     settings = server.app[RELAY].settings
     runner, port = await start_site(create_app(settings), "127.0.0.1", 0, header_timeout_s=0.5)

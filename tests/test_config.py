@@ -1,9 +1,16 @@
 """Configuration: file, environment overrides, secrets from the environment that never print."""
 
+import re
+from pathlib import Path
+
+import httpx
 import pytest
+
+from clients import free_port, matrix_serve
 
 from matrix.config import load
 from matrix.errors import ConfigError
+from mock_ai import relay_upstreams
 
 TOML = """
 [server]
@@ -83,9 +90,55 @@ def test_unknown_key_is_refused(tmp_path):
         load(path)
 
 
-def test_defaults_point_at_the_mocks():
-    """With no file the relay targets the bundled mock providers on 127.0.0.1:9100."""
-    settings = load()
-    assert {u.url for u in settings.upstreams.values()} == {
+async def test_without_a_file_the_relay_targets_the_mocks(tmp_path):
+    """`matrix serve` with no config file targets the bundled mock providers on 127.0.0.1:9100."""
+    port = free_port()
+    async with matrix_serve("--port", str(port), port=port, cwd=tmp_path) as (_, base):
+        async with httpx.AsyncClient() as client:
+            listed = (await client.get(f"{base}/v1/upstreams")).json()
+    assert listed["default"] == "spark"
+    assert {u["url"] for u in listed["upstreams"]} == {
         "ws://127.0.0.1:9100/v3.5/chat", "http://127.0.0.1:9100/assistant/conversation",
-        "http://127.0.0.1:9100/v1/chat/completions"}
+        "http://127.0.0.1:9100/v1/chat/completions", "http://127.0.0.1:9100/v1/messages",
+        "ws://127.0.0.1:9100/v1/realtime"}
+
+
+@pytest.mark.parametrize("table, named", [
+    ('kind = "sparkle"\nurl = "wss://x/v3.5/chat"', ["upstreams.up", "unknown kind 'sparkle'", "spark"]),
+    ('url = "wss://x/v3.5/chat"', ["upstreams.up", "kind is missing", "baidu-agent"]),
+    ('kind = "spark"\nurl = "wss://x/v3.5/chat"\napp_id = "a"\napi_key = "k"\napi_secret = "s"\nsecret_key = "z"',
+     ["upstreams.up (kind spark)", "secret_key: not a field of kind spark", "api_secret"]),
+    ('kind = "spark"\nurl = "wss://x/v3.5/chat"\napi_key = "k"\napi_secret = "s"',
+     ["upstreams.up (kind spark)", "app_id: required for kind spark"]),
+    ('kind = "baidu-agent"\nurl = "http://x/assistant/conversation"\napp_id = "a"',
+     ["upstreams.up (kind baidu-agent)", "secret_key: required for kind baidu-agent"]),
+    ('kind = "openai"\nurl = "http://x/v1/chat/completions"\ndomain = "generalv3.5"',
+     ["upstreams.up (kind openai)", "domain: not a field of kind openai"]),
+])
+def test_upstreams_are_checked_against_their_kind(tmp_path, table, named):
+    """An unknown kind, another vendor's field or a missing field refuses to load, naming upstream, kind, field."""
+    path = tmp_path / "m.toml"
+    path.write_text(f"[upstreams.up]\n{table}\n")
+    with pytest.raises(ConfigError) as refused:
+        load(path)
+    for text in named:
+        assert text in str(refused.value)
+
+
+def _documented_configs() -> list[tuple[str, str]]:
+    repo = Path(__file__).resolve().parent.parent
+    found = []
+    for doc in sorted([repo / "README.md", *(repo / "docs").glob("*.md"), repo / "mock_ai" / "README.md"]):
+        for i, block in enumerate(re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)):
+            found.append((f"{doc.relative_to(repo)}#{i}", block))
+    return found
+
+
+@pytest.mark.parametrize("where, toml", _documented_configs(), ids=[w for w, _ in _documented_configs()])
+def test_every_documented_config_loads(tmp_path, monkeypatch, where, toml):
+    """Each TOML example in the README and docs/ loads (fragments on top of the mocks' upstreams)."""
+    for name in set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", toml)):
+        monkeypatch.setenv(name, f"http://value-of-{name.lower().replace('_', '-')}:3128")  # a proxy URL too
+    path = tmp_path / "doc.toml"
+    path.write_text(toml)
+    load(path, defaults={"upstreams": relay_upstreams()})

@@ -1,18 +1,20 @@
-"""Vendor dialects against the example frames of research/upstream-protocols.md, no sockets."""
+"""Vendor dialects against example frames from the vendors' documentation (docs/protocols.md), no sockets."""
 
 import orjson
 import pytest
 
-from matrix.config import default_upstreams, UpstreamConfig
 from matrix.errors import UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable
 from matrix.request import chat_request
-from matrix.upstream import Finish
+from matrix.provider import Finish
+from mock_ai import relay_upstreams
+from upstreams import DIALECTS
+from upstreams.anthropic import AnthropicDialect
 from upstreams.baidu_agent import BaiduAgentDialect
 from upstreams.openai import OpenAIDialect
+from upstreams.openai_realtime import RealtimeDialect
 from upstreams.spark import SparkDialect
 
-CONFIGS = {kind: UpstreamConfig(**cfg) for kind, cfg in
-           ((c["kind"], c) for c in default_upstreams().values())}
+CONFIGS = {c["kind"]: DIALECTS[c["kind"]].Config(**c) for c in relay_upstreams().values()}
 CHAT = chat_request({"messages": [{"role": "system", "content": "be brief"},
                                   {"role": "user", "content": "你好"}],
                      "params": {"temperature": 0.5, "max_tokens": 64}})
@@ -79,7 +81,7 @@ def test_spark_busy_code_is_retryable():
 
 def test_spark_request_frame_carries_app_domain_history_and_params():
     """The Spark request frame holds app_id, the configured domain, the whole history and the params."""
-    frame = orjson.loads(SparkDialect(CONFIGS["spark"]).ws_request(CHAT))
+    frame = orjson.loads(SparkDialect(CONFIGS["spark"]).ws_requests(CHAT)[0])
     assert frame["header"]["app_id"] == "mock-app"
     assert frame["parameter"]["chat"] == {"domain": "generalv3.5", "temperature": 0.5, "max_tokens": 64}
     assert frame["payload"]["message"]["text"] == [{"role": "system", "content": "be brief"},
@@ -170,3 +172,107 @@ def test_baidu_request_sends_last_user_text_with_query_auth():
     url, headers, body = BaiduAgentDialect(CONFIGS["baidu-agent"]).http_request(CHAT)
     assert "appId=mock-agent" in url and "secretKey=mock-secret" in url
     assert orjson.loads(body)["message"]["content"]["value"]["showText"] == "你好"
+
+
+# Anthropic's documented stream (docs.anthropic.com, "Streaming Messages"): named events,
+# a non-text block in between (tool input), a ping, cumulative usage in message_delta.
+ANTHROPIC_EVENTS = [
+    ("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+                      '"content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,'
+                      '"usage":{"input_tokens":25,"output_tokens":1}}}'),
+    ("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'),
+    ("ping", '{"type": "ping"}'),
+    ("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}'),
+    ("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"!"}}'),
+    ("content_block_stop", '{"type":"content_block_stop","index":0}'),
+    ("content_block_delta", '{"type":"content_block_delta","index":1,'
+                            '"delta":{"type":"input_json_delta","partial_json":"{\\"a\\":"}}'),
+    ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"max_tokens","stop_sequence":null},'
+                      '"usage":{"output_tokens":15}}'),
+    ("message_stop", '{"type":"message_stop"}'),
+]
+
+# OpenAI Realtime, GA names (openai SDK types/realtime), with the beta text event mixed in.
+REALTIME_EVENTS = [
+    '{"type":"session.created","event_id":"e1","session":{"type":"realtime","model":"gpt-realtime"}}',
+    '{"type":"response.created","event_id":"e2","response":{"id":"resp_1","status":"in_progress"}}',
+    '{"type":"response.output_text.delta","event_id":"e3","response_id":"resp_1","item_id":"i1",'
+    '"output_index":0,"content_index":0,"delta":"Hel"}',
+    '{"type":"response.text.delta","event_id":"e4","response_id":"resp_1","item_id":"i1",'
+    '"output_index":0,"content_index":0,"delta":"lo"}',
+    '{"type":"response.output_text.done","event_id":"e5","response_id":"resp_1","item_id":"i1",'
+    '"output_index":0,"content_index":0,"text":"Hello"}',
+    '{"type":"response.done","event_id":"e6","response":{"id":"resp_1","status":"completed","status_details":null,'
+    '"usage":{"total_tokens":30,"input_tokens":28,"output_tokens":2}}}',
+]
+
+
+def test_anthropic_events_text_reason_and_usage():
+    """Anthropic text deltas yield text; ping and other block types yield nothing; message_stop ends with usage."""
+    items = run(AnthropicDialect(CONFIGS["anthropic"]).parse, ANTHROPIC_EVENTS)
+    assert items == ["Hello", "!", Finish("length", {"prompt_tokens": 25, "completion_tokens": 15,
+                                                     "total_tokens": 40})]
+
+
+@pytest.mark.parametrize("kind, cls", [("overloaded_error", UpstreamUnavailable),
+                                       ("invalid_request_error", UpstreamRejected)])
+def test_anthropic_error_event(kind, cls):
+    """A mid-stream error event raises with its type as vendor code; overloaded is retryable."""
+    with pytest.raises(cls) as info:
+        AnthropicDialect(CONFIGS["anthropic"]).parse("error", '{"type":"error","error":{"type":"%s",'
+                                                              '"message":"Overloaded"}}' % kind)
+    assert info.value.upstream_code == kind
+
+
+def test_anthropic_request_system_max_tokens_and_headers():
+    """System messages go top-level, max_tokens is always sent, the key and version travel as headers."""
+    url, headers, body = AnthropicDialect(CONFIGS["anthropic"]).http_request(CHAT)
+    body = orjson.loads(body)
+    assert headers["x-api-key"] == "mock-key" and headers["anthropic-version"] == "2023-06-01"
+    assert body["system"] == "be brief" and body["messages"] == [{"role": "user", "content": "你好"}]
+    assert body["max_tokens"] == 64 and body["stream"] is True and body["temperature"] == 0.5
+    exc = AnthropicDialect(CONFIGS["anthropic"]).http_error(
+        529, b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
+    assert isinstance(exc, UpstreamUnavailable) and exc.upstream_code == "overloaded_error"
+
+
+def test_realtime_events_ga_and_beta_text_then_done():
+    """Realtime text deltas in GA and beta names yield text; response.done gives Finish with usage."""
+    items = run(RealtimeDialect(CONFIGS["openai-realtime"]).parse, REALTIME_EVENTS)
+    assert items == ["Hel", "lo", Finish("stop", {"prompt_tokens": 28, "completion_tokens": 2, "total_tokens": 30})]
+
+
+@pytest.mark.parametrize("status, details, expected", [
+    ("incomplete", '{"type":"incomplete","reason":"max_output_tokens"}', Finish("length", None)),
+    ("cancelled", '{"type":"cancelled","reason":"client_cancelled"}', Finish("cancelled", None)),
+])
+def test_realtime_done_statuses(status, details, expected):
+    """response.done's incomplete and cancelled statuses end the answer with length and cancelled."""
+    event = '{"type":"response.done","response":{"status":"%s","status_details":%s}}' % (status, details)
+    assert RealtimeDialect(CONFIGS["openai-realtime"]).parse(event) == (expected,)
+
+
+def test_realtime_failed_and_error_events_raise():
+    """A failed response and an error event raise with the vendor's code; server errors are retryable."""
+    dialect = RealtimeDialect(CONFIGS["openai-realtime"])
+    with pytest.raises(UpstreamUnavailable) as failed:
+        dialect.parse('{"type":"response.done","response":{"status":"failed","status_details":{"type":"failed",'
+                      '"error":{"type":"server_error","code":"server_error","message":"boom"}}}}')
+    with pytest.raises(UpstreamRejected) as refused:
+        dialect.parse('{"type":"error","error":{"type":"invalid_request_error","code":"invalid_value",'
+                      '"message":"bad","param":"session.type"}}')
+    assert failed.value.upstream_code == "server_error" and refused.value.upstream_code == "invalid_value"
+
+
+def test_realtime_handshake_and_session_events():
+    """The model rides in the query, the key in a Bearer header; the session gets instructions, the
+    conversation one item per message, then response.create; a stop says response.cancel."""
+    dialect = RealtimeDialect(CONFIGS["openai-realtime"])
+    url, headers = dialect.ws_handshake()
+    assert url.endswith("/v1/realtime?model=gpt-realtime") and headers == {"Authorization": "Bearer mock-key"}
+    events = [orjson.loads(e) for e in dialect.ws_requests(CHAT)]
+    assert [e["type"] for e in events] == ["session.update", "conversation.item.create", "response.create"]
+    assert events[0]["session"] == {"type": "realtime", "output_modalities": ["text"], "instructions": "be brief",
+                                    "max_output_tokens": 64}
+    assert events[1]["item"]["content"] == [{"type": "input_text", "text": "你好"}]
+    assert orjson.loads(dialect.goodbye()) == {"type": "response.cancel"}

@@ -3,20 +3,22 @@
 import httpx
 import pytest
 
-from clients import CHAT, assert_well_formed, chat_body, expected_text, text_of
+from clients import CHAT, UPSTREAMS, assert_well_formed, chat_body, expected_text, text_of
+from mock_ai import relay_upstreams
 
-UPSTREAMS = ("spark", "baidu", "openai")
-VENDOR = {"spark": "spark", "baidu": "baidu-agent", "openai": "openai"}
+VENDOR = {name: cfg["kind"] for name, cfg in relay_upstreams().items()}  # mock vendor of each upstream
 # fault -> (error code, vendor code expected per upstream or None, text expected before the error)
 FAULTS = {
-    "error_before": (None, {"spark": "10013"}, 0),
-    "error_after:3": (None, {}, 3),
+    "error_before": (None, {"spark": "10013", "anthropic": "overloaded_error", "realtime": "server_error"}, 0),
+    "error_after:3": (None, {"anthropic": "overloaded_error", "realtime": "server_error"}, 3),
     "drop_after:3": ("upstream_protocol", {}, 3),
     "malformed_after:3": ("upstream_protocol", {}, 3),
     "stall_after:3": ("upstream_timeout", {}, 3),
-    "http_500": ("upstream_unavailable", {"baidu": "500", "openai": "server_error", "spark": "500"}, 0),
-    "http_429": ("upstream_unavailable", {}, 0),
-    "handshake_401": ("upstream_rejected", {"baidu": None, "openai": "invalid_api_key", "spark": "401"}, 0),
+    "http_500": ("upstream_unavailable", {"baidu": "500", "openai": "server_error", "spark": "500",
+                                          "anthropic": "api_error", "realtime": "server_error"}, 0),
+    "http_429": ("upstream_unavailable", {"anthropic": "rate_limit_error", "realtime": "rate_limit_exceeded"}, 0),
+    "handshake_401": ("upstream_rejected", {"baidu": None, "openai": "invalid_api_key", "spark": "401",
+                                            "anthropic": "authentication_error", "realtime": "invalid_api_key"}, 0),
 }
 CASES = [(down, up, fault) for fault in FAULTS for up in UPSTREAMS for down in ("sse", "ws")]
 
@@ -31,9 +33,9 @@ async def test_fault_ends_in_one_error_event(quick_relay, mock_url, down, up, fa
     """The client sees the text sent before the fault, then exactly one error event with a code."""
     code, vendor_codes, before = FAULTS[fault]
     prompt = f"fault {fault}\n#mock tokens=10 interval_ms=2 fault={fault}"
-    if up == "spark" and fault.startswith(("http_", "handshake_")):
-        async with httpx.AsyncClient() as client:  # Spark's handshake faults are armed before the upgrade
-            await client.post(f"{mock_url}/_mock/arm", json={"vendor": "spark",
+    if UPSTREAMS[up] == "ws" and fault.startswith(("http_", "handshake_")):
+        async with httpx.AsyncClient() as client:  # WS handshake faults are armed before the upgrade
+            await client.post(f"{mock_url}/_mock/arm", json={"vendor": VENDOR[up],
                                                              "directive": f"fault={fault} fail_times=5"})
     events = await CHAT[down](f"http://127.0.0.1:{quick_relay.port}", chat_body(prompt, up))
     assert_well_formed(events)

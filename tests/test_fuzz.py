@@ -10,9 +10,10 @@ import websockets
 from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
 from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
+from downstreams.openai_format import completion_request
 from matrix.errors import RequestError
 from matrix.events import Delta, Done, Error, Start, Trace, decode
-from matrix.keys import RELAY
+from matrix.appkeys import RELAY
 from matrix.request import ChatRequest, chat_request, parse_json
 from matrix.sse import PING, Decoder, frame
 
@@ -48,7 +49,9 @@ def parse_or_refuse(raw: bytes | str) -> ChatRequest | RequestError:
         assert exc.code in ("invalid_json", "invalid_request"), exc.code
         assert isinstance(exc.message, str) and exc.message
         assert 400 <= exc.status < 500
-        assert exc.body() == {"error": {"code": exc.code, "message": exc.message}}
+        assert exc.body()["error"] == {"code": exc.code, "message": exc.message, "type": "invalid_request_error",
+                                       "param": exc.param}
+        assert exc.param is None or exc.message.startswith(exc.param)
         return exc
     assert isinstance(chat, ChatRequest) and 1 <= len(chat.messages) <= 1000
     assert chat.stream_id is None or (1 <= len(chat.stream_id) <= 128 and set(chat.stream_id) <= ID_CHARS)
@@ -99,6 +102,30 @@ def test_the_near_miss_strategy_reaches_both_outcomes():
         outcomes.add(type(parse_or_refuse(dumps(value, True))).__name__)
     collect()
     assert outcomes == {"ChatRequest", "RequestError"}
+
+
+OPENAI_LIKE = st.builds(lambda extra, request: {**extra, **request}, st.dictionaries(TEXT, JSON, max_size=2),
+                        st.fixed_dictionaries(
+    {"model": st.sampled_from(["openai", "spark"]) | TEXT | JSON,
+     "messages": st.lists(MESSAGE | st.fixed_dictionaries({"role": st.just("user"), "content": st.lists(
+         st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]) | JSON, "text": TEXT | JSON}),
+         max_size=2)}) | JSON, max_size=3)},
+    optional={"stream": st.booleans() | JSON, "stream_options": JSON, "temperature": NUMBERS | JSON,
+              "max_tokens": NUMBERS, "max_completion_tokens": NUMBERS, "n": NUMBERS, "seed": JSON, "tools": JSON,
+              "user": TEXT | JSON}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON | OPENAI_LIKE)
+def test_any_json_is_an_openai_request_or_a_clear_refusal(value):
+    """Arbitrary JSON and near-miss OpenAI requests become a ChatRequest or a 4xx RequestError with a code."""
+    try:
+        chat, options = completion_request(parse_json(dumps(value, True)))
+    except RequestError as exc:
+        assert exc.code and exc.message and 400 <= exc.status < 500
+        assert exc.param is None or isinstance(exc.param, str)
+        return
+    assert isinstance(chat, ChatRequest) and chat.upstream == options.model and isinstance(options.stream, bool)
 
 
 # -- (b) the SSE decoder of provider streams -----------------------------------------------

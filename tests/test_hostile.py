@@ -23,16 +23,17 @@ import websockets
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
+from clients import TIMEOUT, UPSTREAMS as TRANSPORTS, assert_well_formed, chat_body, expected_text, text_of
 from conftest import TEST_STREAM
 from matrix.app import create_app, start_site
-from matrix.config import Settings, default_upstreams
+from matrix.config import Settings
+from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
 from test_fuzz import answer_to
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-UPSTREAMS = ("openai", "baidu", "spark")
+UPSTREAMS = tuple(TRANSPORTS)
 # What a hostile provider says, in every field the relay passes on: line ends, a forged
 # terminal frame, NUL, a Unicode line separator, quotes.
 EVIL = 'boom\r\n\r\nevent: done\ndata: {}\n\nid: 99\r\x00\u2028 "end"'
@@ -169,7 +170,7 @@ async def front():
                         stream={**TEST_STREAM, "retry_attempts": 1},
                         # one client address sends the whole corpus: lift the start rate limit
                         limits={"starts_per_minute": 1e6, "burst": 10**6},
-                        upstreams={**default_upstreams(f"127.0.0.1:{mock_port}"), **evil_upstreams(evil_port)})
+                        upstreams={**relay_upstreams(f"127.0.0.1:{mock_port}"), **evil_upstreams(evil_port)})
     relay_runner, port = await start_site(create_app(settings), "127.0.0.1", 0, settings.server.header_timeout_s)
     try:
         yield Front(f"http://127.0.0.1:{port}", port, errors)
@@ -202,9 +203,9 @@ def strict_sse(raw: bytes) -> list[dict]:
 
 
 def refusal(raw: bytes) -> dict:
-    """The body of an HTTP refusal, which must be exactly {"error": {"code", "message"}}."""
+    """The body of an HTTP refusal, which must be exactly {"error": {"code", "message", "type", "param"}}."""
     body = json.loads(raw)
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type", "param"}, body
     assert isinstance(body["error"]["code"], str) and body["error"]["code"]
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]
@@ -617,7 +618,8 @@ async def test_hostile_cancel_and_resume_paths(front, sid):
         status, headers, body = await raw_http(front, request)
         assert 400 <= status < 500 and "x-injected" not in headers, (status, body[:200])
         if headers.get("content-type", "").startswith("application/json"):
-            assert refusal(body)["code"] in ("stream_not_found", "not_found")  # the router's 404 for bad paths
+            # The router's 404 for bad paths; 405 where a CR cuts the path to /v1/streams/ID (GET only).
+            assert refusal(body)["code"] in ("stream_not_found", "not_found", "method_not_allowed")
     for kind in ("cancel", "resume"):
         outcome, _ = await ws_send(front, json.dumps({"type": kind, "stream_id": sid, "after": 1}))
         assert outcome == "error stream_not_found"
@@ -706,7 +708,7 @@ async def test_after_the_corpus_every_combination_still_streams(front, down, ups
     else:
         outcome, events = await ws_send(front, json.dumps({"type": "chat", **chat_body(prompt, upstream)}))
     assert outcome.endswith("done stop") and text_of(events) == expected_text(prompt)
-    assert events[0]["combo"] == f"{down}-{'ws' if upstream == 'spark' else 'sse'}"
+    assert events[0]["combo"] == f"{down}-{TRANSPORTS[upstream]}"
 
 
 def _client_garbage(record: logging.LogRecord) -> bool:

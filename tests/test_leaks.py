@@ -7,8 +7,8 @@ import random
 
 import aiohttp
 
-from clients import chat_body
-from matrix.keys import RELAY
+from clients import UPSTREAMS, chat_body
+from matrix.appkeys import RELAY
 
 N = 1000
 OUTCOMES = ("complete", "cancel", "disconnect", "fault")
@@ -17,7 +17,7 @@ OUTCOMES = ("complete", "cancel", "disconnect", "fault")
 async def one_stream(session: aiohttp.ClientSession, base: str, i: int) -> str:
     outcome = OUTCOMES[i % len(OUTCOMES)]
     fault = " fault=drop_after:2" if outcome == "fault" else ""
-    body = {**chat_body(f"leak {i}\n#mock tokens=8 interval_ms=2{fault}", random.choice(["openai", "spark", "baidu"])),
+    body = {**chat_body(f"leak {i}\n#mock tokens=8 interval_ms=2{fault}", random.choice(sorted(UPSTREAMS))),
             "stream_id": f"leak-{i}"}
     if i % 2:
         async with session.post(f"{base}/v1/chat/sse", json=body) as response:

@@ -2,9 +2,8 @@
 
 import pytest
 
-from clients import CHAT, assert_well_formed, chat_body, expected_text, text_of
+from clients import CHAT, UPSTREAMS, assert_well_formed, chat_body, expected_text, text_of
 
-UPSTREAMS = {"spark": "ws", "baidu": "sse", "openai": "sse"}
 CASES = [(down, up) for down in ("sse", "ws") for up in UPSTREAMS]
 
 

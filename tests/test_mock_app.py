@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 import pytest
 
+from clients import free_port
 from conftest_mock import WAIT, http_client
 from mock_ai import serve
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_serve_answers_until_cancelled_then_frees_its_port() -> None:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, text_of, ws_chat
+from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, free_port, text_of, ws_chat
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 CONFIG = Path(__file__).parent.parent / "deploy" / "nginx.conf"
@@ -44,13 +43,6 @@ http {{
     include {tmp}/matrix.conf;
 }}
 """
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 reserved by binding port 0, released for nginx to take."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def site_config(relay_port: int, port: int, **replace: str) -> str:

@@ -230,7 +230,7 @@ def test_proxy_settings_are_checked_at_start_without_showing_them(monkeypatch):
         load(None, upstreams={"x": {"kind": "openai", "url": "https://a.example/v1",
                                     "proxy": f"https://u:{secret}@proxy.example"}},
              server__default_upstream="x")
-    assert "upstreams.x: Value error, proxy must be http://" in str(config_error.value)
+    assert "upstreams.x (kind openai): Value error, proxy must be http://" in str(config_error.value)
     assert secret not in str(env_error.value) + str(config_error.value)
 
 

@@ -8,9 +8,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, read_some, text_of
+from clients import TIMEOUT, UPSTREAMS, assert_well_formed, chat_body, expected_text, read_some, text_of
 
-UPSTREAMS = {"openai": "sse", "spark": "ws"}
 
 
 @pytest.fixture

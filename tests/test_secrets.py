@@ -46,7 +46,8 @@ SECRETS = {  # environment variable -> a value unique to this run, 32 random hex
     name: f"sk-SECRET-{name.lower().replace('_', '-')}-{secrets.token_hex(16)}"
     for name in ("TM_SPARK_API_KEY", "TM_SPARK_API_SECRET", "TM_SPARK_WRONG_SECRET", "TM_BAIDU_SECRET_KEY",
                  "TM_BAIDU_WRONG_SECRET", "TM_OPENAI_API_KEY", "TM_OPENAI_WRONG_KEY", "TM_AUTH_KEY",
-                 "TM_PROXY_PASSWORD", "TM_PROXY_WRONG_PASSWORD", "TM_CLIENT_KEY_PASSWORD")
+                 "TM_PROXY_PASSWORD", "TM_PROXY_WRONG_PASSWORD", "TM_CLIENT_KEY_PASSWORD",
+                 "TM_AUTH_KEY_OLD", "TM_AUTH_KEY_NEW")
 }
 PRESENTED = f"sk-SECRET-presented-by-a-stranger-{secrets.token_hex(16)}"  # a wrong key a client sends
 PROXY_USER = "relay-user"
@@ -175,6 +176,7 @@ replay_ttl_s = 30
 
 [auth]
 keys = ["${{TM_AUTH_KEY}}"]
+clients.rotating = ["${{TM_AUTH_KEY_NEW}}", "${{TM_AUTH_KEY_OLD}}"]
 
 [log]
 level = "debug"
@@ -349,6 +351,13 @@ async def traffic(run: Run) -> None:
     await run.http("GET", f"/v1/streams/{sid}/events", {**AUTH, "Last-Event-ID": "0"})
     await run.ws_frames({"type": "resume", "stream_id": sid, "after": 0})
 
+    # owners: a stream's status by its owner, and by a rotated client's other key
+    await run.http("GET", f"/v1/streams/{sid}", AUTH)
+    rotated = {**chat_body("rotate\n#mock tokens=3 interval_ms=1", "openai"), "stream_id": sid + "-r"}
+    await run.http("POST", "/v1/chat/sse", {"Authorization": f"Bearer {SECRETS['TM_AUTH_KEY_OLD']}"}, json=rotated)
+    await run.http("GET", f"/v1/streams/{sid}-r", {"Authorization": f"Bearer {SECRETS['TM_AUTH_KEY_NEW']}"})
+    await run.http("GET", f"/v1/streams/{sid}-r", AUTH)
+
     # refusals
     good = chat_body("hi", "openai")
     await run.http("POST", "/v1/chat/sse", json=good)
@@ -430,6 +439,23 @@ def test_the_run_used_the_secrets(run):
     assert run.ends["sse", "openai", "stall"] == "error upstream_timeout"
     assert run.ends["sse", "spark", "cancel"] == "done cancelled"
     assert any('"type": "trace"' in text or '"type":"trace"' in text for text in run.outputs["WS frames"])
+
+
+def test_owners_appear_and_reveal_no_key(run):
+    """Owner values in stream status answers, metrics and log lines are a fingerprint or a client name."""
+    answers = [text for source, texts in run.outputs.items() if source.startswith("HTTP GET /v1/streams/sec-")
+               and not source.endswith("/events") for text in texts]
+    owners = {json.loads(text).get("owner") for text in answers if text.startswith("{")} - {None}
+    assert len(owners) == 2 and "client:rotating" in owners
+    fingerprint = (owners - {"client:rotating"}).pop()
+    assert fingerprint.startswith("key:") and len(fingerprint) == 20
+    assert "403 Forbidden" in answers  # the other client's key
+    metrics = "\n".join(run.outputs["HTTP GET /metrics"])
+    logs = "\n".join(line for lines in run.logs.values() for line in lines)
+    for owner in owners:
+        assert f'client="{owner}"' in metrics and f'"client":"{owner}"' in logs
+    for name, key in SECRETS.items():  # not the key, nor any prefix of it past its fixed "sk-SECRET-" start
+        assert not any(key[:n] in owner for owner in owners for n in range(11, len(key) + 1)), name
 
 
 def test_http_responses_hold_no_secret(run):

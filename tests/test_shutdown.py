@@ -2,21 +2,13 @@
 
 import asyncio
 import signal
-import socket
-import sys
 import uuid
 
 import httpx
 import pytest
 
-from clients import TIMEOUT, chat_body, expected_text, read_some, text_of
+from clients import TIMEOUT, chat_body, expected_text, free_port, matrix_serve, read_some, text_of
 from test_stop import provider_connection
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -42,20 +34,8 @@ app_id = "mock-app"
 api_key = "mock-key"
 api_secret = "mock-secret"
 """)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "matrix", "serve", "--config", str(config),
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as client, asyncio.timeout(TIMEOUT):
-        while True:
-            try:
-                await client.get(f"{base}/healthz")
-                break
-            except httpx.ConnectError:
-                await asyncio.sleep(0.05)
-    yield proc, base
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+    async with matrix_serve("--config", str(config), port=port) as served:
+        yield served
 
 
 async def test_sigterm_drains_then_ends_the_rest(serve, mock_url):

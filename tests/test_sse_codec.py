@@ -72,3 +72,34 @@ def test_decoder_refuses_an_endless_line():
     decoder.feed(b"data: " + b"x" * (MAX_LINE // 2))
     with pytest.raises(UpstreamProtocolError):
         decoder.feed(b"x" * MAX_LINE)
+
+
+BOM_STREAM = "\ufeffdata: first\n\nevent: x\ndata: 二\n\n".encode()
+BOM_EXPECTED = [ServerSentEvent("message", "first", None), ServerSentEvent("x", "二", None)]
+
+
+def feed_pieces(data: bytes, cuts: list[int]) -> tuple[list[ServerSentEvent], Decoder]:
+    decoder, out, last = Decoder(), [], 0
+    for cut in [*cuts, len(data)]:
+        out.extend(decoder.feed(data[last:cut]))
+        last = cut
+    return out, decoder
+
+
+def test_decoder_drops_one_leading_bom_split_at_every_offset():
+    """One leading U+FEFF is ignored (WHATWG), however its 3 bytes and the rest are split across reads."""
+    for cut in range(len(BOM_STREAM) + 1):
+        out, decoder = feed_pieces(BOM_STREAM, [cut])
+        assert out == BOM_EXPECTED and not decoder.pending, cut
+    out, decoder = feed_pieces(BOM_STREAM, list(range(1, len(BOM_STREAM))))  # one byte per read
+    assert out == BOM_EXPECTED and not decoder.pending
+
+
+def test_decoder_drops_only_the_first_bom_and_only_at_the_start():
+    """A second BOM stays (its line's field becomes unknown); bytes held back because they began
+    like a BOM (U+FEFE shares two of its bytes; plain text one none) are kept."""
+    expected = [ServerSentEvent("message", "b", None)]
+    assert feed_pieces("\ufeff\ufeffdata: a\n\ndata: b\n\n".encode(), [1, 4])[0] == expected
+    assert feed_pieces("\ufefedata: a\n\ndata: b\n\n".encode(), [1, 2])[0] == expected
+    assert feed_pieces(b"data: b\n\n", [1, 2])[0] == expected
+    assert feed_pieces("data: \ufeffa\n\n".encode(), [])[0] == [ServerSentEvent("message", "\ufeffa", None)]

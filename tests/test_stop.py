@@ -6,14 +6,15 @@ import time
 import uuid
 
 import httpx
+import openai
 import pytest
 import websockets
 from httpx_sse import aconnect_sse
 
-from clients import TIMEOUT, assert_well_formed, chat_body
+from clients import TIMEOUT, UPSTREAMS, assert_well_formed, chat_body
 
-UPSTREAMS = {"spark": "ws", "baidu": "sse", "openai": "sse"}
-HOWS = {"sse": ("http_cancel", "disconnect"), "ws": ("ws_cancel", "http_cancel", "disconnect")}
+HOWS = {"sse": ("http_cancel", "disconnect"), "ws": ("ws_cancel", "http_cancel", "disconnect"),
+        "openai": ("disconnect",)}  # the OpenAI-compatible door: no stream id to cancel, no resume
 CASES = [(down, up, how) for down in HOWS for up in UPSTREAMS for how in HOWS[down]]
 STOP_BUDGET_S = 0.1
 
@@ -71,6 +72,23 @@ async def run_ws(relay_url, body, how, stopped):
     return events
 
 
+async def run_openai(relay_url, body, how, stopped):
+    """The official openai package streams through the front door and closes the stream after 4 chunks."""
+    async with openai.AsyncOpenAI(base_url=f"{relay_url}/v1", api_key="none", max_retries=0) as client:
+        chunks = await client.chat.completions.create(model=body["upstream"], messages=body["messages"], stream=True)
+        seen = 0
+        async for _ in chunks:
+            seen += 1
+            if seen == 4:
+                stopped.append(time.monotonic())
+                await chunks.close()
+                break
+    return []
+
+
+RUNNERS = {"sse": run_sse, "ws": run_ws, "openai": run_openai}
+
+
 @pytest.mark.parametrize("down,up,how", CASES, ids=[f"{d}-{UPSTREAMS[u]}-{u}-{h}" for d, u, h in CASES])
 async def test_stop_closes_provider_connection(relay_url, mock_url, down, up, how):
     """The provider connection closes within 100 ms of the stop; the asking client gets done/cancelled."""
@@ -78,7 +96,7 @@ async def test_stop_closes_provider_connection(relay_url, mock_url, down, up, ho
     body = {**chat_body(f"stop me\n#mock tokens=500 interval_ms=10 tag={tag}", up), "stream_id": tag}
     stopped: list[float] = []
     async with asyncio.timeout(TIMEOUT):
-        events = await (run_sse if down == "sse" else run_ws)(relay_url, body, how, stopped)
+        events = await RUNNERS[down](relay_url, body, how, stopped)
     conn = await provider_connection(mock_url, tag, ended=True)
     assert conn["outcome"] == "client_closed"
     assert conn["closed_at"] - stopped[0] < STOP_BUDGET_S, conn

@@ -24,7 +24,8 @@ from httpx_sse import aconnect_sse
 
 from clients import CHAT, TIMEOUT, assert_well_formed, chat_body, expected_text, text_of
 from matrix.app import create_app
-from matrix.config import Settings, default_upstreams, load
+from matrix.config import Settings, load
+from mock_ai import relay_upstreams
 from matrix.errors import ConfigError
 from tlsnet import UPSTREAMS, mock_stats, pki, tls_mock, tls_relay, tls_upstreams  # noqa: F401
 
@@ -106,7 +107,7 @@ async def test_scheme_that_does_not_match_the_port_is_named(tls_mock, tls_relay,
         port, upstreams = mock.port, tls_upstreams("localhost", mock.port)
     else:
         port = (await tls_mock()).port
-        upstreams = default_upstreams(f"localhost:{port}")
+        upstreams = relay_upstreams(f"localhost:{port}")
     relay = await tls_relay(upstreams, retry_attempts=1)
     end = (await CHAT["sse"](f"http://127.0.0.1:{relay.port}", chat_body("scheme", up)))[-1]
     if mismatch == "tls-to-plain":
@@ -213,7 +214,7 @@ def test_unusable_tls_files_stop_the_start(tmp_path, pki):
 async def https_relay(tls_relay, pki, mock):
     """The relay on HTTPS (certificate for localhost from the private CA), upstreams on the plain mock."""
     chain, key = pki.certs["localhost"]
-    return await tls_relay(default_upstreams(f"127.0.0.1:{mock.port}"),
+    return await tls_relay(relay_upstreams(f"127.0.0.1:{mock.port}"),
                            server={"tls_cert": str(chain), "tls_key": str(key)})
 
 
@@ -243,7 +244,7 @@ async def test_relay_serves_sse_and_wss_over_tls(https_relay, pki, up):
 async def test_relay_with_client_ca_requires_a_client_certificate(tls_relay, pki, mock):
     """With tls_client_ca, a client without a certificate cannot connect; one with a certificate streams."""
     chain, key = pki.certs["localhost"]
-    relay = await tls_relay(default_upstreams(f"127.0.0.1:{mock.port}"),
+    relay = await tls_relay(relay_upstreams(f"127.0.0.1:{mock.port}"),
                             server={"tls_cert": str(chain), "tls_key": str(key), "tls_client_ca": str(pki.ca)})
     base = f"https://localhost:{relay.port}"
     with pytest.raises((httpx.ReadError, httpx.ConnectError, httpx.RemoteProtocolError)):

@@ -1,8 +1,12 @@
 """Tracing: a request with `"trace": true` also streams the raw provider frames, in order."""
 
-import pytest
+import asyncio
+import json
 
-from clients import CHAT, chat_body, expected_text, text_of
+import pytest
+import websockets
+
+from clients import CHAT, TIMEOUT, chat_body, expected_text, text_of
 
 
 @pytest.mark.parametrize("down,up", [("sse", "openai"), ("ws", "spark"), ("ws", "baidu")])
@@ -24,3 +28,21 @@ async def test_no_trace_by_default(relay_url):
     """Without the flag no trace event is sent."""
     events = await CHAT["sse"](relay_url, chat_body("plain\n#mock tokens=3 interval_ms=0", "openai"))
     assert {e["type"] for e in events} == {"start", "delta", "done"}
+
+
+async def test_a_stopped_realtime_answer_is_cancelled_in_the_session(relay_url):
+    """Stopping a Realtime stream sends `response.cancel` on the session before the socket closes."""
+    body = {**chat_body("cancel me\n#mock tokens=300 interval_ms=5", "realtime"), "stream_id": "rt-stop", "trace": True}
+    async with websockets.connect(relay_url.replace("http", "ws", 1) + "/v1/chat/ws") as ws:
+        await ws.send(json.dumps({"type": "chat", **body}))
+        events = []
+        async with asyncio.timeout(TIMEOUT):
+            async for frame in ws:
+                events.append(json.loads(frame))
+                if [e["type"] for e in events].count("delta") == 3:
+                    await ws.send(json.dumps({"type": "cancel", "stream_id": "rt-stop"}))
+                if events[-1]["type"] in ("done", "error"):
+                    break
+    outs = [json.loads(e["data"])["type"] for e in events if e["type"] == "trace" and e["dir"] == "out"]
+    assert outs == ["session.update", "conversation.item.create", "response.create", "response.cancel"]
+    assert events[-2]["type"] == "trace" and events[-1]["type"] == "done" and events[-1]["reason"] == "cancelled"

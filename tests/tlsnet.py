@@ -17,7 +17,8 @@ import trustme
 
 from conftest import TEST_STREAM
 from matrix.app import create_app, server_ssl_context
-from matrix.config import ServerConfig, Settings, StreamConfig, default_upstreams
+from matrix.config import ServerConfig, Settings, StreamConfig
+from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
 from mock_ai.state import STATE
 from mock_ai.tls import server_context
@@ -74,7 +75,7 @@ def tls_mock(aiohttp_server, pki):
 
 def tls_upstreams(host: str, port: int, **network) -> dict[str, dict]:
     """The built-in upstreams at https:// and wss:// `host:port`, each with the `network` keys."""
-    ups = default_upstreams(f"{host}:{port}")
+    ups = relay_upstreams(f"{host}:{port}")
     for up in ups.values():
         up["url"] = up["url"].replace("http://", "https://").replace("ws://", "wss://")
         up.update(network)

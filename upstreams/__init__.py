@@ -1,20 +1,35 @@
-"""Provider-facing transports (sse.py, ws.py) and one pure dialect per vendor."""
+"""Provider-facing transports (sse.py, ws.py) and one pure dialect per vendor, found by `DIALECT`.
+
+Importing this package registers every vendor with the core's config: a module here that
+defines `DIALECT` (a class whose `Config` is its `[upstreams.NAME]` model) is a vendor.
+Adding one is adding that module; nothing else names it (docs/protocols.md, "Adding a vendor").
+"""
 
 from __future__ import annotations
 
-from matrix.config import StreamConfig, UpstreamConfig
-from matrix.upstream import Upstream
+import importlib
+import pkgutil
 
-from .baidu_agent import BaiduAgentDialect
-from .openai import OpenAIDialect
-from .spark import SparkDialect
+from matrix.config import StreamConfig, UpstreamConfig, register_kind
+from matrix.provider import Upstream
+
 from .sse import SSEUpstream
 from .ws import WSUpstream
 
-DIALECTS = {"spark": SparkDialect, "baidu-agent": BaiduAgentDialect, "openai": OpenAIDialect}
 TRANSPORTS = {"sse": SSEUpstream, "ws": WSUpstream}
 
 
+def _discover() -> dict[str, type]:
+    dialects = {}
+    for module in pkgutil.iter_modules(__path__):
+        dialect = getattr(importlib.import_module(f"{__name__}.{module.name}"), "DIALECT", None)
+        if dialect is not None:
+            dialects[register_kind(dialect.Config)] = dialect
+    return dialects
+
+
+DIALECTS = _discover()
+
+
 def build(name: str, config: UpstreamConfig, stream_config: StreamConfig) -> Upstream:
-    dialect = DIALECTS[config.kind]
-    return TRANSPORTS[dialect.transport](name, config, dialect, stream_config)
+    return TRANSPORTS[config.transport](name, config, DIALECTS[config.kind], stream_config)

@@ -1,6 +1,6 @@
 """Baidu agents conversation API (agentapi.baidu.com/assistant/conversation): frames to items.
 
-Quirks handled (research/upstream-protocols.md §2a): `data:{` with no space (the SSE
+Quirks handled (docs/protocols.md, "Baidu agent"): `data:{` with no space (the SSE
 decoder accepts both); `event:ping` keep-alives; the turn ends with
 `data.message.endTurn: true`, not `[DONE]`; errors are a top-level `status != 0`, either
 as a frame of a 200 response or as a plain JSON body. Context lives on Baidu's side
@@ -11,20 +11,32 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from typing import ClassVar, Literal
+
 import orjson
+from pydantic import SecretStr
 
 from matrix.config import UpstreamConfig
 from matrix.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable, from_http_status
 from matrix.request import ChatRequest
-from matrix.upstream import Finish, Item
+from matrix.provider import Finish, Item
 
 RETRYABLE_STATUS = {18}  # rate limited (as mapped by clients; Baidu's own table is unpublished)
 
 
-class BaiduAgentDialect:
-    transport = "sse"
+class BaiduAgentConfig(UpstreamConfig):
+    """`[upstreams.NAME]` with `kind = "baidu-agent"`: the agent's id and secret key."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    transport: ClassVar[str] = "sse"
+    kind: Literal["baidu-agent"] = "baidu-agent"
+    app_id: str
+    secret_key: SecretStr
+
+
+class BaiduAgentDialect:
+    Config = BaiduAgentConfig
+
+    def __init__(self, config: BaiduAgentConfig) -> None:
         self.config = config
 
     def http_request(self, chat: ChatRequest) -> tuple[str, dict[str, str], bytes]:
@@ -64,6 +76,8 @@ class BaiduAgentDialect:
     def eof(self) -> tuple[Item, ...]:
         raise UpstreamProtocolError("the provider closed the stream before endTurn")
 
+
+DIALECT = BaiduAgentDialect
 
 def error_from_body(frame: dict) -> UpstreamError:
     status = frame.get("status")

@@ -1,27 +1,39 @@
 """OpenAI-compatible chat completions (OpenAI, DashScope/Qwen, vLLM, DeepSeek): frames to items.
 
-Quirks handled (research/upstream-protocols.md §3): the usage chunk has empty `choices`;
+Quirks handled (docs/protocols.md, "OpenAI-compatible"): the usage chunk has empty `choices`;
 `finish_reason` and usage may come in separate chunks, so the end is `data: [DONE]`;
 an error may arrive mid-stream as `data: {"error": {...}}`; unknown keys are ignored.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import orjson
+from pydantic import SecretStr
 
 from matrix.config import UpstreamConfig
 from matrix.errors import UpstreamError, UpstreamProtocolError, UpstreamRejected, UpstreamUnavailable, from_http_status
 from matrix.request import ChatRequest
-from matrix.upstream import Finish, Item
+from matrix.provider import Finish, Item
 
 REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "tool_calls", "function_call": "tool_calls"}
 
 
-class OpenAIDialect:
-    transport = "sse"
+class OpenAIConfig(UpstreamConfig):
+    """`[upstreams.NAME]` with `kind = "openai"`: any chat-completions endpoint, its key and model."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    transport: ClassVar[str] = "sse"
+    kind: Literal["openai"] = "openai"
+    api_key: SecretStr = SecretStr("")  # vLLM and Ollama run without one
+    model: str = "gpt-4o-mini"
+
+
+class OpenAIDialect:
+    Config = OpenAIConfig
+
+    def __init__(self, config: OpenAIConfig) -> None:
         self.config = config
         self.reason: str | None = None
         self.usage: dict[str, int] | None = None
@@ -54,22 +66,30 @@ class OpenAIDialect:
         return tuple(texts)
 
     def http_error(self, status: int, body: bytes) -> UpstreamError:
-        try:
-            error = orjson.loads(body)["error"]
-            return from_http_status(status, str(error.get("message")), _code(error))
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            return from_http_status(status, body[:200].decode("utf-8", "replace"))
+        return http_error(status, body)
 
     def eof(self) -> tuple[Item, ...]:
         raise UpstreamProtocolError("the provider closed the stream before data: [DONE]")
 
 
+DIALECT = OpenAIDialect
+
+def http_error(status: int, body: bytes) -> UpstreamError:
+    """An HTTP refusal with OpenAI's `{"error": {...}}` body (chat completions, and the Realtime handshake)."""
+    try:
+        error = orjson.loads(body)["error"]
+        return from_http_status(status, str(error.get("message")), _code(error))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return from_http_status(status, body[:200].decode("utf-8", "replace"))
+
+
 def error_from_body(error: object) -> UpstreamError:
+    """An in-band `{"message", "type", "code"}` error: server and rate-limit errors may pass on a retry."""
     if not isinstance(error, dict):
         return UpstreamRejected(str(error))
     message = str(error.get("message") or "provider error")
-    cls = UpstreamUnavailable if error.get("type") in ("server_error", "rate_limit_error") else UpstreamRejected
-    return cls(message, upstream_code=_code(error))
+    retryable = error.get("type") in ("server_error", "rate_limit_error") or error.get("code") == "rate_limit_exceeded"
+    return (UpstreamUnavailable if retryable else UpstreamRejected)(message, upstream_code=_code(error))
 
 
 def _code(error: dict) -> str | None:

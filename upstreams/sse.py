@@ -2,7 +2,7 @@
 
 aiohttp rather than httpx on this hot path: on this machine class an httpx + httpx-sse
 upstream cost up to 3x the CPU per token and saturated a core at 200 streams
-(research/performance.md §2.7). One pooled session per relay keeps connections warm, so
+(docs/measuring.md, "aiohttp, not httpx"). One pooled session per relay keeps connections warm, so
 a new stream to the same provider skips the TCP (and TLS) handshake.
 """
 
@@ -19,7 +19,7 @@ from matrix.idle import IdleTimeout
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout
 from matrix.request import ChatRequest
 from matrix.sse import Decoder
-from matrix.upstream import Item, Tap
+from matrix.provider import Item, Tap
 
 from . import network
 

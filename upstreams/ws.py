@@ -1,7 +1,7 @@
 """WebSocket upstream transport: connect with `websockets`, send the request frame, read frames.
 
 Compression is off (permessage-deflate costs 1.2-1.6x CPU and 3x memory per stream on
-this hop, research/performance.md); the provider's frames are small JSON text.
+this hop, docs/measuring.md); the provider's frames are small JSON text.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import ssl
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import AsyncIterator
 
 import websockets
@@ -22,7 +22,7 @@ from matrix.config import StreamConfig, UpstreamConfig
 from matrix.idle import IdleTimeout
 from matrix.errors import UpstreamProtocolError, UpstreamTimeout
 from matrix.request import ChatRequest
-from matrix.upstream import Item, Tap
+from matrix.provider import Item, Tap
 
 from . import network
 
@@ -55,8 +55,9 @@ class WSUpstream:
     async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Item]]:
         dialect = self._dialect_cls(self.config)
         lost: list[BaseException] = []
+        url, headers = dialect.ws_handshake()
         try:
-            ws = await websockets.connect(dialect.ws_url(), open_timeout=self._connect_timeout,
+            ws = await websockets.connect(url, additional_headers=headers, open_timeout=self._connect_timeout,
                                           compression=None, max_size=4 * 2**20, ping_interval=None,
                                           close_timeout=1.0, user_agent_header=None, logger=_QUIET,
                                           proxy=self._proxy, create_connection=functools.partial(_Recording, lost=lost),
@@ -74,21 +75,28 @@ class WSUpstream:
             at_proxy = self._proxy is not None and isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)
             raise self.net.failure(exc, at_proxy=at_proxy, lost=lost) from None
         items = None
+        finished: list[bool] = []
         try:
-            request = dialect.ws_request(chat)
-            if tap:
-                tap("out", request)
-            await ws.send(request)
-            items = self._items(ws, dialect, tap)
+            for request in dialect.ws_requests(chat):
+                if tap:
+                    tap("out", request)
+                await ws.send(request)
+            items = self._items(ws, dialect, finished, tap)
             yield items
         except ConnectionClosedError as exc:
             raise UpstreamProtocolError(f"{self.name}: connection closed before the request was sent") from exc
         finally:
             if items is not None:
                 await items.aclose()
+            if not finished and (goodbye := dialect.goodbye()) is not None:
+                # Stopped early: tell a provider that keeps the session what to stop, then close.
+                with suppress(asyncio.TimeoutError, WebSocketException, OSError):
+                    if tap:
+                        tap("out", goodbye)
+                    await asyncio.wait_for(ws.send(goodbye), timeout=0.1)
             await ws.close()
 
-    async def _items(self, ws, dialect, tap: Tap | None) -> AsyncIterator[Item]:
+    async def _items(self, ws, dialect, finished: list[bool], tap: Tap | None) -> AsyncIterator[Item]:
         parse = dialect.parse
         idle = self._idle_timeout
         try:
@@ -98,6 +106,8 @@ class WSUpstream:
                     if tap:
                         tap("in", message if isinstance(message, str) else message.decode("utf-8", "replace"))
                     for item in parse(message):
+                        if item.__class__ is not str:
+                            finished.append(True)
                         yield item
                         if item.__class__ is not str:
                             return
