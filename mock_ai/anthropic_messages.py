@@ -1,6 +1,6 @@
 """Anthropic Messages (`POST /v1/messages`): named SSE events from `message_start` to `message_stop`.
 
-Wire facts from research/upstream-protocols.md §4, checked against the `anthropic`
+Wire facts as in docs/protocols.md, "Anthropic Messages", checked against the `anthropic`
 SDK's types (`RawMessageStreamEvent`): every event has an `event:` name equal to its
 JSON `type`; text arrives as `content_block_delta` / `text_delta` inside one text block;
 `message_delta` carries `stop_reason` and cumulative `usage.output_tokens`; no `[DONE]`.

@@ -1,6 +1,6 @@
 """OpenAI Realtime over WebSocket (`GET /v1/realtime?model=..`), text only: a session of client events.
 
-Wire facts from research/upstream-protocols.md §5 and the `openai` SDK's realtime
+Wire facts as in docs/protocols.md, "OpenAI Realtime", and the `openai` SDK's realtime
 clients: the key is `Authorization: Bearer` on the upgrade, refused there with HTTP 401
 and OpenAI's error body; `session.created` comes first; the client sends
 `session.update`, `conversation.item.create` (one per message) and `response.create`;

@@ -1,6 +1,6 @@
 """OpenAI Realtime server events for a text-only session, in the GA names or the beta ones.
 
-Wire facts from research/upstream-protocols.md §5, with names and fields taken from the
+Wire facts as in docs/protocols.md, "OpenAI Realtime", with names and fields taken from the
 `openai` SDK's types: `openai/types/realtime/` (GA) and `openai/types/beta/realtime/`
 (beta). Both list the same response events except text and item creation: GA
 `response.output_text.delta|done` and `conversation.item.added` + `conversation.item.done`,
