@@ -241,6 +241,19 @@ async def test_relay_serves_sse_and_wss_over_tls(https_relay, pki, up):
     assert page.status_code == 200 and "<html" in page.text.lower()
 
 
+async def test_official_openai_package_reaches_the_relay_over_https(https_relay, pki):
+    """The official openai package, trusting the private CA, streams Spark's answer through the relay's
+    OpenAI-compatible door on HTTPS."""
+    text = prompt("https-openai-door")
+    async with httpx.AsyncClient(verify=pki.ctx(), timeout=TIMEOUT) as http:
+        client = openai.AsyncOpenAI(base_url=f"https://localhost:{https_relay.port}/v1", api_key="any",
+                                    http_client=http, max_retries=0)
+        stream = await client.chat.completions.create(model="spark", stream=True,
+                                                      messages=[{"role": "user", "content": text}])
+        got = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert got == expected_text(text)
+
+
 async def test_relay_with_client_ca_requires_a_client_certificate(tls_relay, pki, mock):
     """With tls_client_ca, a client without a certificate cannot connect; one with a certificate streams."""
     chain, key = pki.certs["localhost"]
