@@ -1,1 +1,1 @@
-"""The comparative latency benchmark of the four combinations (`matrix bench`)."""
+"""The comparative latency benchmark of the four combinations and the OpenAI front door (`matrix bench`)."""

@@ -1,4 +1,4 @@
-"""The PNG chart: latency distribution, added latency, CPU per token and the nginx ratio of the four combinations."""
+"""The PNG chart: latency distribution, added latency, CPU per token and the nginx ratio of the combinations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .quantiles import CURVE_PCTS
 
-COLORS = {"sse-sse": "#1f77b4", "sse-ws": "#ff7f0e", "ws-sse": "#2ca02c", "ws-ws": "#d62728"}
+COLORS = {"sse-sse": "#1f77b4", "sse-ws": "#ff7f0e", "ws-sse": "#2ca02c", "ws-ws": "#d62728",
+          "openai-sse": "#9467bd"}
 
 
 def available() -> bool:

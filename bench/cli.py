@@ -9,10 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from matrix.config import COMBOS
-
 from . import chart, render, runner
-from .plan import PHASES, PRESETS, Plan
+from .plan import COMBOS, PHASES, PRESETS, Plan
 from .progress import Progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -20,6 +18,7 @@ EPILOG = """examples:
   matrix bench --quick                                  # < 2 min, writes bench/results/quick.*
   matrix bench                                          # full run, < 10 min, writes bench/results/full.*
   matrix bench --quick --combos sse-sse --levels 50 --phases paced   # one combination, ~15 s
+  matrix bench --quick --combos sse-sse,openai-sse      # the OpenAI front door against plain SSE
 """
 
 
@@ -34,7 +33,8 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="under 2 minutes")
     mode.add_argument("--full", dest="mode", action="store_const", const="full", help="under 10 minutes (default)")
     mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny", help="a few seconds (smoke test)")
-    p.add_argument("--combos", type=_list(str), help=f"comma list of {','.join(COMBOS)}")
+    p.add_argument("--combos", type=_list(str), help=f"comma list of {','.join(COMBOS)} (downstream-upstream; openai = the "
+                        "OpenAI-compatible front door, POST /v1/chat/completions)")
     p.add_argument("--levels", type=_list(int), help="concurrent relayed streams per paced window, e.g. 1,50,200")
     p.add_argument("--reps", type=int, help="paced repetitions")
     p.add_argument("--tokens", type=int, help="tokens per paced stream")

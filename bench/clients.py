@@ -1,4 +1,4 @@
-"""Stream clients: through the relay (SSE, WS) and straight to a vendor (OpenAI, Baidu SSE; Spark WS).
+"""Stream clients: through the relay (SSE, WS, OpenAI front door) and straight to a vendor (OpenAI, Baidu; Spark).
 
 Each reads its stream and hands every received chunk to a Tally, which finds the mock's
 `[<monotonic_ns>]` stamps in the raw bytes (a merged delta may hold several) and turns each
@@ -106,6 +106,17 @@ async def relay_sse(session: aiohttp.ClientSession, base: str, body: dict, tally
     await _post_sse(session, f"{base}/v1/chat/sse", body, JSON, tally, opened, b"event: error")
 
 
+async def relay_openai(session: aiohttp.ClientSession, base: str, body: dict, tally: Tally, opened: Opened) -> None:
+    """The relay's OpenAI-compatible front door: `POST /v1/chat/completions`, `model` = the relay upstream.
+
+    `chat.completion.chunk` lines until `data: [DONE]`; a mid-stream error is `data: {"error": ...}`.
+    The door has no stream id (the relay's is internal) and no cancel: a client stops it by leaving.
+    """
+    request = {"model": body["upstream"], "messages": body["messages"], "stream": True}
+    tally.stream_id = ""
+    await _post_sse(session, f"{base}/v1/chat/completions", request, JSON, tally, opened, b'"error"')
+
+
 async def relay_ws_chat(ws: aiohttp.ClientWebSocketResponse, body: dict, tally: Tally, opened: Opened) -> None:
     """One chat on an open relay WebSocket, until its `done` or `error` event."""
     stream_id = body["stream_id"]
@@ -183,4 +194,5 @@ VENDORS: dict[str, tuple[str, Vendor]] = {  # relay upstream name -> (transport,
     "baidu": ("sse", baidu_sse),
     "spark": ("ws", spark_ws),
 }
-DOWNSTREAMS = {"sse": relay_sse, "ws": relay_ws}
+DOWNSTREAMS = {"sse": relay_sse, "ws": relay_ws, "openai": relay_openai}  # the combination's first half
+CANCEL_BY_ID = {"sse", "ws"}  # downstreams whose client knows the stream id (`POST /v1/streams/{id}/cancel`)

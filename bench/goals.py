@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .plan import FRONT_DOOR, FRONT_DOOR_BASE
+
+DOOR_TARGET = 1.10  # the front door may cost at most 10 % more relay CPU per token than plain SSE
+
 
 def _median(cell: dict | None, key: str) -> float | None:
     value = (cell or {}).get(key)
@@ -50,6 +54,9 @@ def evaluate(report: dict) -> list[dict]:
             _row(f"added latency p99 at {gate} streams × {rate} vs direct, same window", "≤ 1.0 ms",
                  {c: _median(at_gate[c], "added_p99_ms") for c in combos}, lambda v: v <= 1.0, " ms"),
         ]
+    door = ((report.get("paced") or {}).get("front_door") or {}).get(load)
+    if paced and FRONT_DOOR in combos and FRONT_DOOR_BASE in combos:
+        rows.append(_front_door_row(door, load))
     ttft = (report.get("ttft") or {}).get("added_p50_ms")
     if ttft is not None:
         sse_up = [c for c in combos if c.endswith("-sse")]
@@ -67,3 +74,26 @@ def evaluate(report: dict) -> list[dict]:
                          f"not closed: {sum(stop[c].get('not_closed', 0) for c in combos if c in stop)}"
                          + (f"; client-closed direct reference p99: {refs}" if refs else "")))
     return rows
+
+
+def _front_door_row(door: dict | None, load: str) -> dict:
+    """openai-sse relay µs/token ÷ sse-sse relay µs/token at the load level.
+
+    Each side is first divided by the nginx µs/token of its own window, the pair is taken
+    within one repetition, and the median over repetitions is reported (summary.front_door);
+    without nginx the plain µs/token ratio of each pair stands in. Cheaper is fine: the
+    target is an upper bound."""
+    door = door or {}
+    normalised = _median(door, "ratio")
+    value = normalised if normalised is not None else _median(door, "raw_ratio")
+    note = ("each side ÷ nginx µs/token of its own window, paired by repetition, median"
+            if normalised is not None else "plain µs/token, paired by repetition, median (no nginx reference)")
+    if door:
+        note += (f"; µs/token {door['door']} {_fmt(_median(door, 'door_us_per_token'), 1)} vs {door['base']} "
+                 f"{_fmt(_median(door, 'base_us_per_token'), 1)}, raw ratio {_fmt(_median(door, 'raw_ratio'), 2)}×")
+    return _row(f"OpenAI front door CPU per token vs {FRONT_DOOR_BASE}, same window ({load} streams)",
+                f"within 10 % (≤ {DOOR_TARGET:.2f}×)", {FRONT_DOOR: value}, lambda v: v <= DOOR_TARGET, "×", note)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

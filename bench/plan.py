@@ -5,9 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from matrix.config import COMBOS
+from matrix.config import COMBOS as RELAY_COMBOS
 
 PHASES = ("paced", "ttft", "burst", "stop")
+# downstream-upstream. The relay's four, and its OpenAI-compatible front door
+# (`POST /v1/chat/completions`, chunks as SSE) over an SSE upstream.
+FRONT_DOOR = "openai-sse"
+FRONT_DOOR_BASE = "sse-sse"   # what the front door's CPU per token is held against (goals.py)
+COMBOS = (*RELAY_COMBOS, FRONT_DOOR)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def markdown(report: dict, chart_name: str | None) -> str:
     p = report["plan"]
     parts = [f"# Transport matrix benchmark ({p['mode']})", header(report)]
     if chart_name:
-        parts.append(f"![latency distribution and CPU per token of the four combinations]({chart_name})")
+        parts.append(f"![latency distribution and CPU per token of the combinations]({chart_name})")
     parts += [markdown_table(t) for t in all_tables(report)]
     parts += [noise_line(report), METHOD]
     return "\n\n".join(x for x in parts if x) + "\n"

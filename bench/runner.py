@@ -10,7 +10,7 @@ from collections import defaultdict
 
 from . import burst, goals, meta, paced, stop, summary, ttft
 from .lab import Lab
-from .plan import Plan
+from .plan import FRONT_DOOR, FRONT_DOOR_BASE, Plan
 from .progress import Progress
 
 
@@ -48,6 +48,7 @@ async def _paced(lab: Lab, progress: Progress) -> dict:
                 pools[combo, level][role].extend(values)
             progress.tick()
     return {"summary": summary.paced(windows), "noise": {**summary.noise(windows), "discarded": discarded},
+            "front_door": summary.front_door(windows, FRONT_DOOR, FRONT_DOOR_BASE),
             "distributions": summary.distributions(pools), "windows": windows}
 
 

@@ -1,9 +1,11 @@
 """Stop → provider connection closed: cancel relayed streams mid-answer and read when the mock saw them go.
 
 The bench takes `time.monotonic()` just before `POST /v1/streams/{id}/cancel`; the mock's
-`GET /_mock/stats` reports each connection's `closed_at` on the same host clock. Direct
-streams that the client itself closes give the reference: how fast the mock notices a
-close at all.
+`GET /_mock/stats` reports each connection's `closed_at` on the same host clock. The
+OpenAI front door has no stream id to cancel: its client stops an answer by closing the
+connection, and the relay stops the provider at once (no grace period), so `openai-*`
+combinations are stopped that way. Direct streams that the client itself closes give the
+reference: how fast the mock notices a close at all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 import time
 import uuid
 
-from .clients import Tally, prompt
+from .clients import CANCEL_BY_ID, Tally, prompt
 from .fleet import Fleet
 from .lab import Lab, Route
 from .quantiles import latency_ms
@@ -76,16 +78,23 @@ async def _measure(lab: Lab, route: Route, stopper) -> dict:
             "cancel_refused": sum(not at.get("ok") for at in marks)}
 
 
+def stopper_for(combo: str):
+    """Cancel by id where the downstream has one; otherwise (the OpenAI front door) the client leaves."""
+    return _cancel_via_relay if combo.split("-")[0] in CANCEL_BY_ID else _close_by_client
+
+
 async def measure(lab: Lab, tick) -> dict:
-    """Per combination (cancel through the relay) and per upstream transport (`direct-*`, client closes)."""
+    """Per combination (cancel through the relay, or the client closes) and per upstream transport
+    (`direct-*`, the client closes)."""
     plan = lab.plan
     transports = sorted({c.split("-")[1] for c in plan.combos})
-    jobs = [(lab.relay_route(c), _cancel_via_relay) for c in plan.combos]
+    jobs = [(lab.relay_route(c), stopper_for(c)) for c in plan.combos]
     jobs += [(lab.vendor_route("direct", t), _close_by_client) for t in transports]
     random.shuffle(jobs)
     out = {}
     for route, stopper in jobs:
-        out[route.label] = await _measure(lab, route, stopper)
+        out[route.label] = {**await _measure(lab, route, stopper),
+                            "stopped_by": "cancel" if stopper is _cancel_via_relay else "client close"}
         if route.role == "relay":
             tick()
     return {label: out[label] for label in [*plan.combos, *(f"direct-{t}" for t in transports)]}

@@ -76,3 +76,44 @@ def noise(windows: list[dict]) -> dict:
             "suspect_windows": suspect,
             "rule": f"probe > {SUSPECT_PROBE}x the fastest probe of the run, box busy > {SUSPECT_BUSY:g} % "
                     f"(of 200 % on 2 cores), or processes outside the bench > {SUSPECT_OTHER:g} % of a core"}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def front_door(windows: list[dict], door: str = "openai-sse", base: str = "sse-sse") -> dict:
+    """The OpenAI front door against the plain SSE door over the same upstream, per level.
+
+    Paired by repetition (one window of each per level and repetition): `ratio` = door's
+    (relay µs/token ÷ nginx µs/token of its own window) ÷ base's same, so each side is
+    normalised by the byte-relay floor measured beside it and the box's drift between the
+    two windows cancels (docs/measuring.md, "Same-window references"); `raw_ratio` = the
+    plain µs/token ratio of the pair, for when nginx is off or to judge the normalisation.
+    `extra_p50_ms` / `extra_p99_ms` = door's added latency minus base's, per pair.
+    """
+    cells: dict[tuple[int, int], dict[str, dict]] = defaultdict(dict)
+    for w in windows:
+        if w["combo"] in (door, base):
+            cells[w["level"], w["rep"]][w["combo"]] = w
+    out: dict = {}
+    for level in sorted({lv for lv, _ in cells}):
+        pairs = [c for (lv, _), c in sorted(cells.items()) if lv == level and door in c and base in c]
+        if not pairs:
+            continue
+        cpu = lambda w, key: _get(w, f"cpu.{key}")  # noqa: E731
+        out[str(level)] = {
+            "ratio": spread(_ratio(cpu(p[door], "ratio_to_nginx"), cpu(p[base], "ratio_to_nginx")) for p in pairs),
+            "raw_ratio": spread(_ratio(cpu(p[door], "relay_us_per_token"), cpu(p[base], "relay_us_per_token"))
+                                for p in pairs),
+            "door_us_per_token": spread(cpu(p[door], "relay_us_per_token") for p in pairs),
+            "base_us_per_token": spread(cpu(p[base], "relay_us_per_token") for p in pairs),
+            "extra_p50_ms": spread(_minus(_get(p[door], "added.p50"), _get(p[base], "added.p50")) for p in pairs),
+            "extra_p99_ms": spread(_minus(_get(p[door], "added.p99"), _get(p[base], "added.p99")) for p in pairs),
+            "pairs": len(pairs), "door": door, "base": base,
+        }
+    return out
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b

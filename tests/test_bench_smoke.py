@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.config import COMBOS
+from bench.plan import COMBOS, FRONT_DOOR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,8 +65,10 @@ def test_bench_reports_ttft_burst_stop_and_goals(report):
         assert data["stop"][combo]["n"] == data["plan"]["stop_streams"]
         assert data["stop"][combo]["not_closed"] == 0
     assert {"direct-sse", "direct-ws"} <= set(data["ttft"]["routes"]) & set(data["stop"])
+    assert data["stop"][FRONT_DOOR]["stopped_by"] == "client close"  # the front door has no cancel by id
+    assert data["stop"]["sse-sse"]["stopped_by"] == "cancel"
     goals = data["goals"]
-    assert len(goals) == 9
+    assert len(goals) == 10
     for goal in goals:
         assert goal["met"] in (True, False, None) and goal["target"] and goal["measured"]
         assert all(_number_or_none(v) for v in goal["values"].values())
@@ -79,3 +81,19 @@ def test_bench_writes_markdown_chart_and_terminal_table(report):
     assert "| combo | streams |" in markdown and "Goals" in markdown
     assert data["chart"] is None or (out / data["chart"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "added p50 ms" in stdout and "Goals" in stdout
+
+
+def test_bench_includes_the_openai_front_door(report):
+    """openai-sse is a default combination: in the paced, TTFT, burst and stop tables, paired with sse-sse,
+    and judged by its own goal row."""
+    data, out, stdout = report
+    assert FRONT_DOOR in data["plan"]["combos"]
+    assert data["paced"]["summary"][FRONT_DOOR]
+    door = data["paced"]["front_door"][str(data["plan"]["load_level"])]
+    assert door["pairs"] == data["plan"]["reps"] and door["door"] == FRONT_DOOR and door["base"] == "sse-sse"
+    assert door["raw_ratio"]["median"] > 0
+    row = next(g for g in data["goals"] if g["goal"].startswith("OpenAI front door CPU per token vs sse-sse"))
+    assert set(row["values"]) == {FRONT_DOOR} and row["values"][FRONT_DOOR] > 0 and row["met"] in (True, False)
+    markdown = (out / "tiny.md").read_text()
+    assert f"| {FRONT_DOOR} | 2 |" in markdown and f"| {FRONT_DOOR} | sse-sse |" in markdown
+    assert f"\n{FRONT_DOOR}  " in stdout and "OpenAI front door CPU per token" in stdout
