@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,redis]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,9 +19,10 @@ demo: $(STAMP)
 
 # Real components the tests start themselves, from Debian's packages: Chromium for the
 # browser tests (never a downloaded browser build), nginx for the reverse-proxy tests,
-# openssl for the mutual-TLS test (`openssl s_server` sends the TLS alerts asyncio's server drops).
+# openssl for the mutual-TLS test (`openssl s_server` sends the TLS alerts asyncio's server drops),
+# redis-server for the Redis engine's tests (each test run starts its own, persistence off).
 SYSTEM_PACKAGES := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /usr/sbin/nginx),,nginx-light) \
-	$(if $(wildcard /usr/bin/openssl),,openssl)
+	$(if $(wildcard /usr/bin/openssl),,openssl) $(if $(wildcard /usr/bin/redis-server),,redis-server)
 
 system:
 	test -z "$(strip $(SYSTEM_PACKAGES))" || ! command -v apt-get >/dev/null || \

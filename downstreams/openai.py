@@ -25,7 +25,7 @@ from .sse import follow, read_body
 async def completions(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
     chat, options = completion_request(parse_json(await read_body(request)))
-    stream = relay.start(chat, "openai", request[CLIENT])
+    stream = await relay.start(chat, "openai", request[CLIENT])
     created = int(time.time())
     if options.stream:
         return await follow(request, stream, -1, frames=Chunks(stream.id, options, created).frames, grace_s=0,

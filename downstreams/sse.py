@@ -34,14 +34,14 @@ async def read_body(request: web.Request) -> bytes:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
-    stream = relay.start(chat_request(parse_json(await read_body(request))), "sse", request[CLIENT])
+    stream = await relay.start(chat_request(parse_json(await read_body(request))), "sse", request[CLIENT])
     return await follow(request, stream, after=-1)
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
     """Resume after `Last-Event-ID` (what EventSource sends on reconnect) or `?last_event_id=`."""
     relay = request.app[RELAY]
-    stream = relay.get(request.match_info["stream_id"], request[CLIENT])
+    stream = await relay.get(request.match_info["stream_id"], request[CLIENT])
     raw = request.headers.get("Last-Event-ID", request.query.get("last_event_id", "-1"))
     try:
         after = int(raw)

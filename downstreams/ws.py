@@ -76,14 +76,14 @@ class Socket:
                 if len(self.followers) >= limit:
                     raise RequestError(f"{limit} streams are already live on this socket",
                                        code="too_many_streams", status=429)
-                self._follow(self.relay.start(chat_request(body), "ws", self.client), after=-1)
+                self._follow(await self.relay.start(chat_request(body), "ws", self.client), after=-1)
             elif kind == "cancel":
-                self.relay.cancel(_required_str(body, "stream_id"), self.client)
+                await self.relay.cancel(_required_str(body, "stream_id"), self.client)
             elif kind == "resume":
                 after = body.get("after", -1)
                 if not isinstance(after, int) or isinstance(after, bool):
                     raise RequestError("resume.after must be an integer seq", code="invalid_request")
-                stream = self.relay.get(_required_str(body, "stream_id"), self.client)
+                stream = await self.relay.get(_required_str(body, "stream_id"), self.client)
                 stream.read(after)  # refuse a gap now, as an error for this request
                 self.relay.metrics.resumes.labels("ws").inc()
                 self._follow(stream, after)

@@ -94,13 +94,13 @@ def _pinned(transport: str, settings: Settings):
 
 async def cancel(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
-    stream = relay.cancel(request.match_info["stream_id"], request[CLIENT])
+    stream = await relay.cancel(request.match_info["stream_id"], request[CLIENT])
     return web.json_response({"stream_id": stream.id, "finished": stream.finished})
 
 
 async def status(request: web.Request) -> web.Response:
     """Where a stream is: its owner, upstream, combination, last seq and how it ended, if it did."""
-    stream = request.app[RELAY].get(request.match_info["stream_id"], request[CLIENT])
+    stream = await request.app[RELAY].get(request.match_info["stream_id"], request[CLIENT])
     end = stream.terminal
     return web.json_response({"stream_id": stream.id, "owner": stream.owner, "upstream": stream.upstream,
                               "combo": stream.combo, "last_seq": stream.last_seq, "finished": end is not None,
@@ -120,7 +120,7 @@ async def list_upstreams(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
-    return web.json_response({"status": "ok", "streams": len(relay.streams)})
+    return web.json_response({"status": "ok", "streams": relay.engine.local_streams})
 
 
 async def metrics(request: web.Request) -> web.Response:

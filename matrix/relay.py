@@ -4,7 +4,8 @@ Each stream has one upstream pump task, owned here rather than by the client's r
 so that a client which drops can resume while the provider keeps going for
 `disconnect_grace_s`. Downstream handlers follow a stream as readers; when the last
 reader leaves an unfinished stream the grace timer starts, and when it fires (or on an
-explicit stop) the pump is cancelled, which closes the provider connection.
+explicit stop) the pump is cancelled, which closes the provider connection. Where the
+stream's log, readers and limits live is the engine's business (matrix/engine.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Iterator
 from .config import Settings
 from .errors import MatrixError, RequestError, ShuttingDown, StreamNotFound, UpstreamError, UpstreamProtocolError
 from .identity import may_touch
-from .limits import ClientLimits
+from .limits import check_request
+from .engine import Engine, MemoryEngine
 from .logs import event
 from .metrics import Metrics
 from .request import ChatRequest
@@ -30,25 +32,24 @@ log = logging.getLogger("matrix.relay")
 
 
 class Relay:
-    def __init__(self, settings: Settings, upstreams: dict[str, Upstream]) -> None:
+    def __init__(self, settings: Settings, upstreams: dict[str, Upstream], engine: Engine | None = None) -> None:
         self.settings = settings
         self.upstreams = upstreams
-        self.streams: dict[str, Stream] = {}
+        self.engine: Engine = engine or MemoryEngine(settings)
+        self.engine.bind(self._stop_pump)
         self._pumps: dict[str, asyncio.Task] = {}
-        self._readers: dict[str, int] = {}
-        self._grace: dict[str, asyncio.TimerHandle] = {}
-        self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._stopping = False
         self.metrics = Metrics()
-        self.limits = ClientLimits(settings.limits)
 
     # -- starting and stopping --------------------------------------------------------
 
-    def start(self, chat: ChatRequest, downstream: str, client: str = "") -> Stream:
-        """Create the stream and start its upstream pump; refuse before anything runs."""
+    async def start(self, chat: ChatRequest, downstream: str, client: str = "") -> Stream:
+        """Create the stream and start its upstream pump; refuse before anything runs.
+
+        Returns the log its readers follow."""
         if self._stopping:
             raise ShuttingDown("the relay is shutting down")
-        self.limits.check_request(chat)
+        check_request(chat, self.settings.limits)
         name = chat.upstream or self.settings.default_upstream()
         upstream = self.upstreams.get(name)
         if upstream is None:
@@ -59,34 +60,32 @@ class Relay:
             raise RequestError(f"upstream {name!r} speaks {upstream.transport}, but this relay is pinned "
                                f"to {self.settings.server.combo}", code="combo_pinned", status=409)
         stream_id = chat.stream_id or uuid.uuid4().hex
-        if stream_id in self.streams:
-            raise RequestError(f"stream {stream_id!r} already exists", code="stream_exists", status=409)
-        self.limits.admit(client)
-        cfg = self.settings.stream
-        stream = Stream(stream_id, name, f"{downstream}-{upstream.transport}",
-                        merge_at=cfg.queue_size, max_events=cfg.replay_max_events)
-        stream.owner = client
-        self.streams[stream_id] = stream
+        await self.engine.admit(client, stream_id)
+        try:
+            stream, follow = await self.engine.create(stream_id, client, name, f"{downstream}-{upstream.transport}")
+        except BaseException:
+            await self.engine.release(client, stream_id)
+            raise
         self.metrics.stream_started(stream)
         event(log, "stream start", stream_id=stream_id, combo=stream.combo, upstream=name, client=client)
-        self._readers[stream_id] = 0
         self._pumps[stream_id] = asyncio.get_running_loop().create_task(
             self._pump(stream, upstream, chat), name=f"pump-{stream_id}")
-        return stream
+        return follow
 
-    def get(self, stream_id: str, client: str = "") -> Stream:
-        """The stream, if it exists and `client` may touch it (with API keys: only its owner)."""
-        stream = self.streams.get(stream_id)
+    async def get(self, stream_id: str, client: str = "") -> Stream:
+        """The stream's log, if it exists and `client` may touch it (with API keys: only its owner)."""
+        stream = await self.engine.find(stream_id)
         if stream is None:
             raise StreamNotFound(f"no stream {stream_id!r} (unknown, or expired after replay_ttl_s)")
         if not may_touch(stream.owner, client):
             raise RequestError(f"stream {stream_id!r} belongs to another client", code="forbidden", status=403)
         return stream
 
-    def cancel(self, stream_id: str, client: str = "") -> Stream:
+    async def cancel(self, stream_id: str, client: str = "") -> Stream:
         """An explicit stop: close the provider connection now; readers get done/cancelled."""
-        stream = self.get(stream_id, client)
-        self._stop_pump(stream_id)
+        stream = await self.get(stream_id, client)
+        if not stream.finished:
+            await self.engine.cancel(stream)
         return stream
 
     def _stop_pump(self, stream_id: str) -> None:
@@ -103,20 +102,11 @@ class Relay:
         `grace_s` overrides `disconnect_grace_s`: 0 stops the provider as soon as the last
         reader leaves (for clients that have no way to resume).
         """
-        sid = stream.id
-        self._readers[sid] = self._readers.get(sid, 0) + 1
-        if (timer := self._grace.pop(sid, None)) is not None:
-            timer.cancel()
+        self.engine.enter(stream)
         try:
             yield stream
         finally:
-            self._readers[sid] -= 1
-            if self._readers[sid] == 0 and not stream.finished and sid in self._pumps:
-                grace = self.settings.stream.disconnect_grace_s if grace_s is None else grace_s
-                if grace <= 0:
-                    self._stop_pump(sid)
-                else:
-                    self._grace[sid] = asyncio.get_running_loop().call_later(grace, self._stop_pump, sid)
+            self.engine.leave(stream, self.settings.stream.disconnect_grace_s if grace_s is None else grace_s)
 
     # -- the pump ---------------------------------------------------------------------
 
@@ -136,7 +126,7 @@ class Relay:
             stream.fail(MatrixError(f"internal error: {type(exc).__name__}"))
         finally:
             self._pumps.pop(stream.id, None)
-            self.limits.release(stream.owner)
+            self.engine.ended(stream)
             now = asyncio.get_running_loop().time()
             self.metrics.stream_ended(stream, now)
             end = stream.terminal
@@ -147,10 +137,7 @@ class Relay:
                   ttft_ms=round((stream.first_text_at - stream.started_at) * 1000, 1)
                   if stream.first_text_at is not None else None,
                   duration_ms=round((now - stream.started_at) * 1000, 1))
-            if (timer := self._grace.pop(stream.id, None)) is not None:
-                timer.cancel()
-            self._expiry[stream.id] = asyncio.get_running_loop().call_later(
-                self.settings.stream.replay_ttl_s, self._expire, stream.id)
+            await self.engine.release(stream.owner, stream.id)
 
     async def _relay_with_retries(self, stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
         cfg = self.settings.stream
@@ -184,11 +171,6 @@ class Relay:
                     return
         raise UpstreamProtocolError(f"{upstream.name}: the provider stream ended without its end marker")
 
-    def _expire(self, stream_id: str) -> None:
-        self._expiry.pop(stream_id, None)
-        self.streams.pop(stream_id, None)
-        self._readers.pop(stream_id, None)
-
     # -- shutdown ---------------------------------------------------------------------
 
     async def aclose(self, drain_timeout: float = 0) -> None:
@@ -201,9 +183,6 @@ class Relay:
             pump.cancel()
         if pumps:
             await asyncio.gather(*pumps, return_exceptions=True)
-        for timer in [*self._grace.values(), *self._expiry.values()]:
-            timer.cancel()
-        self._grace.clear()
-        self._expiry.clear()
+        await self.engine.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()

@@ -112,8 +112,8 @@ async def test_message_limits(make_relay):
     relay = await make_relay()
     base = f"http://127.0.0.1:{relay.port}"
     from matrix.appkeys import RELAY
-    relay.app[RELAY].limits.config = relay.app[RELAY].limits.config.model_copy(
-        update={"max_messages": 3, "max_message_chars": 50})
+    limits = relay.app[RELAY].settings.limits
+    limits.max_messages, limits.max_message_chars = 3, 50
     async with httpx.AsyncClient() as client:
         many = await client.post(f"{base}/v1/chat/sse", json={"messages": [{"role": "user", "content": "x"}] * 4})
         long = await client.post(f"{base}/v1/chat/sse", json=chat_body("y" * 51))
@@ -144,8 +144,8 @@ async def test_rate_limit_per_client(make_relay):
     """Stream starts beyond the token bucket are refused with 429 rate_limited, retryable."""
     relay = await make_relay()
     from matrix.appkeys import RELAY
-    limits = relay.app[RELAY].limits
-    limits.config = limits.config.model_copy(update={"burst": 2, "starts_per_minute": 1})
+    limits = relay.app[RELAY].settings.limits
+    limits.burst, limits.starts_per_minute = 2, 1
     base = f"http://127.0.0.1:{relay.port}"
     async with httpx.AsyncClient() as client:
         codes = [(await client.post(f"{base}/v1/chat/sse", json=chat_body("r\n#mock tokens=1 interval_ms=0",
@@ -160,8 +160,7 @@ async def test_concurrent_streams_per_client_limit(make_relay):
     """Live streams per client beyond max_streams_per_client are refused with 429 too_many_streams."""
     relay = await make_relay()
     from matrix.appkeys import RELAY
-    limits = relay.app[RELAY].limits
-    limits.config = limits.config.model_copy(update={"max_streams_per_client": 1})
+    relay.app[RELAY].settings.limits.max_streams_per_client = 1
     base = f"http://127.0.0.1:{relay.port}"
     first = asyncio.create_task(read_some("sse", base, body=chat_body("a\n#mock tokens=30 interval_ms=10", "openai")))
     await asyncio.sleep(0.1)

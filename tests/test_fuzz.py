@@ -253,9 +253,8 @@ WS_FRAMES = st.integers(0, 4).flatmap(lambda i: TEXT if i == 0 else WS_JSON_FRAM
 @pytest.fixture
 async def open_relay(relay):
     """The relay with per-client rate limits lifted: the fuzzer starts many streams from one address."""
-    limits = relay.app[RELAY].limits
-    limits.config = limits.config.model_copy(update={"starts_per_minute": 1e9, "burst": 10**9,
-                                                     "max_streams_per_client": 10**6})
+    limits = relay.app[RELAY].settings.limits
+    limits.starts_per_minute, limits.burst, limits.max_streams_per_client = 1e9, 10**9, 10**6
     return f"ws://127.0.0.1:{relay.port}/v1/chat/ws"
 
 

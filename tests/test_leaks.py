@@ -49,7 +49,7 @@ def open_fds() -> int:
 async def settle(relay, seconds: float) -> None:
     """Wait for streams to expire, then empty the upstream connection pools (a cache, not a leak)."""
     async with asyncio.timeout(seconds):
-        while relay.streams or relay._pumps:
+        while relay.engine.streams or relay._pumps:
             await asyncio.sleep(0.05)
     for upstream in relay.upstreams.values():
         await upstream.aclose()
@@ -75,7 +75,8 @@ async def test_thousand_mixed_streams_leave_nothing_behind(make_relay):
         results = await asyncio.gather(*(run(session, i) for i in range(N)))
     assert sorted(set(results)) == sorted(OUTCOMES)
     await settle(relay, 20)
-    assert relay.streams == {} and relay._pumps == {} and relay._grace == {} and relay._expiry == {}
+    engine = relay.engine
+    assert engine.streams == {} and relay._pumps == {} and engine._grace == {} and engine._expiry == {}
     left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert len(left) + 1 <= tasks, [(t.get_coro().__qualname__, t.get_stack(limit=3)) for t in left]
     assert open_fds() <= fds + 2, (open_fds(), fds)
