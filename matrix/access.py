@@ -16,7 +16,7 @@ CLIENT = web.RequestKey("client", str)  # who sent a request: its owner id (matr
 
 def public(path: str) -> bool:
     """Liveness and the demo page need no key; everything under /v1/ and /metrics does."""
-    return path in ("/", "/healthz") or path.startswith("/static/")
+    return path in ("/", "/healthz", "/readyz") or path.startswith("/static/")
 
 
 class Access:

@@ -14,6 +14,7 @@ from aiohttp import web
 import downstreams.openai
 import downstreams.sse
 import downstreams.ws
+import engines
 import upstreams
 
 from . import access
@@ -48,7 +49,7 @@ async def errors_as_json(request: web.Request, handler):
 def create_app(settings: Settings) -> web.Application:
     install_log_filters()
     relay = Relay(settings, {name: upstreams.build(name, cfg, settings.stream)
-                             for name, cfg in settings.upstreams.items()})
+                             for name, cfg in settings.upstreams.items()}, engines.build(settings))
     guard = access.Access(settings)
     app = web.Application(middlewares=[errors_as_json, access.middleware(guard)],
                           client_max_size=settings.server.max_body_bytes)
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/streams/{stream_id}/cancel", cancel)
     app.router.add_get("/v1/upstreams", list_upstreams)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/tickets", ticket)
     if STATIC.is_dir():
@@ -81,6 +83,10 @@ def create_app(settings: Settings) -> web.Application:
         # the handlers, so live streams can still finish and deliver their last event.
         await relay.aclose(settings.server.drain_timeout_s)
 
+    async def open_engine(app: web.Application) -> None:
+        await relay.engine.open()
+
+    app.on_startup.append(open_engine)
     app.on_shutdown.append(drain)
     return app
 
@@ -121,6 +127,14 @@ async def list_upstreams(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     return web.json_response({"status": "ok", "streams": relay.engine.local_streams})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """For load balancers: 503 while this relay cannot start streams (its engine is unreachable)."""
+    reason = request.app[RELAY].engine.ready()
+    if reason is None:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not_ready", "reason": reason}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -89,6 +89,30 @@ class LimitsConfig(BaseModel):
     burst: int = Field(60, gt=0)
 
 
+class EngineConfig(BaseModel):
+    """Where streams live: this process (`memory`), or Redis shared by many relays (`redis`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["memory", "redis"] = "memory"
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # may carry a password: "${REDIS_URL}"
+    prefix: str = Field("matrix:", min_length=1, max_length=64)  # every key and channel starts with it
+    owner_lease_s: float = Field(3.0, ge=0.2)  # a relay silent this long is dead: its streams end relay_lost
+    flush_interval_ms: float = Field(2.0, ge=0)  # at most one write per stream per interval; text between merges
+    timeout_s: float = Field(2.0, gt=0)  # Redis silent this long is unavailable: refuse, end live streams
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _resolve_url(cls, value: Any) -> Any:
+        return _resolve_env(value)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        if urlsplit(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
 class AuthConfig(BaseModel):
     """Client auth: off while no key is configured (the demo), on as soon as one is.
 
@@ -252,6 +276,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
+    engine: EngineConfig = EngineConfig()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
 
     @field_validator("upstreams", mode="before")

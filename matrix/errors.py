@@ -96,6 +96,22 @@ class UpstreamProtocolError(UpstreamError):
     retryable = True
 
 
+class EngineUnavailable(MatrixError):
+    """The shared engine (Redis) does not answer: nothing can start or be found until it does."""
+
+    code = "engine_unavailable"
+    status = 503
+    retryable = True
+
+
+class RelayLost(MatrixError):
+    """The relay that ran the stream's provider connection stopped renewing its lease (it died)."""
+
+    code = "relay_lost"
+    status = 502
+    retryable = True
+
+
 class ShuttingDown(MatrixError):
     code = "shutting_down"
     status = 503

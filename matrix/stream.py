@@ -15,7 +15,7 @@ import asyncio
 from typing import AsyncIterator
 
 from .errors import MatrixError, RequestError, ResumeGap
-from .events import Delta, Done, Error, Event, Start, Trace
+from .events import TERMINAL, Delta, Done, Error, Event, Start, Trace
 
 
 class Stream:
@@ -41,6 +41,29 @@ class Stream:
         self.first_text_at: float | None = None
         self.started_at = asyncio.get_running_loop().time()
         self.owner = ""  # the client that started it: its owner id (matrix/identity.py)
+
+    @classmethod
+    def replica(cls, stream_id: str, upstream: str, combo: str, owner: str, events: list[Event],
+                max_events: int) -> "Stream":
+        """A copy of a log numbered elsewhere (an engine's), holding `events` and fed by `extend`."""
+        stream = cls(stream_id, upstream, combo, max_events=max_events)
+        stream.owner = owner
+        stream._events = []
+        stream._first_seq = stream._next_seq = events[0].seq if events else 0
+        stream.extend(events)
+        return stream
+
+    def extend(self, events: list[Event]) -> None:
+        """Append events already numbered (a replica's feed); ones held already are skipped."""
+        for event in events:
+            if event.seq < self._next_seq or self._terminal is not None:
+                continue
+            self._next_seq = event.seq  # a feed never skips; if it did, numbering follows the feed
+            self._append(event)
+            if isinstance(event, TERMINAL):
+                self._terminal = event
+        if self._waiters:
+            self._wake()
 
     # -- writer side (the upstream pump) --------------------------------------------
 
