@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from matrix.app import create_app
-from matrix.config import ServerConfig, Settings, StreamConfig
+from matrix.config import EngineConfig, ServerConfig, Settings, StreamConfig
 from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
+from redisd import redis_server
 
 # Tests default to no disconnect grace, so a stop is visible at once; grace tests set it.
 TEST_STREAM = {"disconnect_grace_s": 0, "heartbeat_s": 5, "upstream_idle_timeout_s": 10,
@@ -20,11 +23,26 @@ async def mock(aiohttp_server):
 
 
 @pytest.fixture
-def make_relay(aiohttp_server, mock):
+def engine() -> str:
+    """The engine `make_relay` uses; the cross-combination modules parametrise it to run on Redis too."""
+    return "memory"
+
+
+@pytest.fixture
+async def engine_config(engine, tmp_path):
+    if engine == "memory":
+        yield EngineConfig()
+        return
+    async with redis_server(tmp_path) as server:  # a real redis-server per test, persistence off
+        yield EngineConfig(kind="redis", url=server.url, prefix=f"t{uuid.uuid4().hex[:8]}:", owner_lease_s=1.0)
+
+
+@pytest.fixture
+def make_relay(engine_config, aiohttp_server, mock):  # engine first: Redis outlives the relays' shutdown
     """Start a relay on the mock with stream/server settings overridden per test."""
     async def make(server: dict | None = None, **stream):
         settings = Settings(server=ServerConfig(**(server or {})),
-                            stream=StreamConfig(**{**TEST_STREAM, **stream}),
+                            stream=StreamConfig(**{**TEST_STREAM, **stream}), engine=engine_config,
                             upstreams=relay_upstreams(f"127.0.0.1:{mock.port}"))
         return await aiohttp_server(create_app(settings))
     return make

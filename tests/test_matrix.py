@@ -6,6 +6,9 @@ from clients import CHAT, UPSTREAMS, assert_well_formed, chat_body, expected_tex
 
 CASES = [(down, up) for down in ("sse", "ws") for up in UPSTREAMS]
 
+# Every test here runs on both engines: one relay's memory, and Redis (tests/redisd.py).
+pytestmark = pytest.mark.parametrize("engine", ["memory", "redis"])
+
 
 @pytest.mark.parametrize("down,up", CASES, ids=[f"{d}-{UPSTREAMS[u]}-{u}" for d, u in CASES])
 async def test_answer_relayed_exactly(relay_url, down, up):

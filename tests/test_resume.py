@@ -10,6 +10,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clients import TIMEOUT, UPSTREAMS, assert_well_formed, chat_body, expected_text, read_some, text_of
 
+# Every test here runs on both engines: one relay's memory, and Redis (tests/redisd.py).
+pytestmark = pytest.mark.parametrize("engine", ["memory", "redis"])
+
 
 
 @pytest.fixture

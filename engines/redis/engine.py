@@ -219,11 +219,15 @@ class RedisEngine:
         if (timer := self._grace.pop(writer.id, None)) is not None:
             timer.cancel()
 
+    def _end_ttl_ms(self) -> int:
+        # replay_ttl_s after the end, but long enough for followers elsewhere to read the end first.
+        return max(100, int(self.settings.stream.replay_ttl_s * 1000))
+
     # -- the write path (called by the flusher) -------------------------------------------
 
     async def _append(self, work: list[tuple[Source, list[Event]]]) -> list:
         k, cfg = self.keys, self.settings.stream
-        end_ttl = max(1000, int(cfg.replay_ttl_s * 1000))
+        end_ttl = self._end_ttl_ms()
         if "APPEND" not in self._shas:
             self._shas["APPEND"] = await self.redis.script_load(scripts.APPEND)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -423,7 +427,7 @@ class RedisEngine:
 
     async def _reap(self, dead: str) -> None:
         """End each live stream of a dead relay with one relay_lost error (the script fences it)."""
-        k, end_ttl = self.keys, max(1000, int(self.settings.stream.replay_ttl_s * 1000))
+        k, end_ttl = self.keys, self._end_ttl_ms()
         message = "the relay running this stream stopped answering; start it again"
         for raw in await self.redis.smembers(k.streams_of(dead)):
             sid = raw.decode()

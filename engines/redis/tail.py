@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from matrix.events import decode
+from matrix.errors import StreamNotFound
+from matrix.events import Error, decode
 from matrix.stream import Stream
 
 from .redis_errors import REDIS_ERRORS
@@ -77,6 +78,8 @@ class Tail:
             finally:
                 self._blocked = False
             self._healthy()
+            if not reply:
+                await self._forget_expired()
             for key, entries in reply or ():
                 key = key.decode()
                 held = self._logs.get(key)
@@ -88,6 +91,23 @@ class Tail:
                     del self._logs[key]
                 else:
                     self._logs[key] = (log, entries[-1][0].decode())
+
+    async def _forget_expired(self) -> None:
+        """A log that expired (or vanished) would block forever: end its followers instead."""
+        keys = list(self._logs)
+        try:
+            async with self._pool.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                found = await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._trouble(exc)
+            return
+        for key, exists in zip(keys, found):
+            if not exists and (held := self._logs.pop(key, None)) is not None:
+                log = held[0]
+                log.extend([Error(log.id, log.last_seq + 1, StreamNotFound.code,
+                                  f"stream {log.id} expired before its end was read", False)])
 
     def fail_all(self, make_error: Callable[[Stream], object]) -> None:
         """Redis is gone: end every followed log here with `make_error(log)`, stop following."""
