@@ -176,9 +176,9 @@ def _load(key: str, path: str, load) -> None:
 
 
 async def start_site(app: web.Application, host: str, port: int, header_timeout_s: float = 15.0,
-                     ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+                     ssl_context: ssl.SSLContext | None = None, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Start serving `app` (over TLS with `ssl_context`); returns the runner and the bound port
-    (port 0 picks a free one)."""
+    (port 0 picks a free one). `reuse_port`: share the port with other relays (SO_REUSEPORT)."""
     # handler_cancellation: a client that disconnects cancels its handler at once, which is
     # how a vanished SSE client is noticed even while no token is being written.
     # keepalive_timeout also closes a connection that has not completed its request line and
@@ -188,7 +188,7 @@ async def start_site(app: web.Application, host: str, port: int, header_timeout_
     await runner.setup()
     # aiohttp's default listen backlog of 128 overflowed at 1,000 clients connecting at once
     # (bench/load.py: 19,143 dropped SYNs, clients stuck in retry backoff for seconds).
-    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
+    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context, reuse_port=reuse_port or None)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, bound

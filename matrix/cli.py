@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
                                             "built-in defaults pointing at the mock providers on :9100; "
                                             "MATRIX_<SECTION>__<KEY> environment variables override the file.")
     _relay_options(serve)
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="run N relay processes on one port; needs [engine] kind = \"redis\" (they share streams)")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="bind with SO_REUSEPORT, so that several relays share the port (what each worker does)")
 
     mock = commands.add_parser("mock", help="run the mock AI providers (Spark WS, Baidu agent SSE, OpenAI SSE, "
                                             "Anthropic SSE, OpenAI Realtime WS)",
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "chat":
             from .client import chat_command
             return asyncio.run(chat_command(args))
+        if args.command == "serve" and args.workers != 1:
+            return _workers(args, argv)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_serve(args))
     except ConfigError as exc:
@@ -105,6 +111,30 @@ def _loop_factory():
         except ImportError:
             pass
     return None
+
+
+def _workers(args: argparse.Namespace, argv: list[str]) -> int:
+    import upstreams  # noqa: F401  registers the vendors' config kinds, as creating the app does
+    from .workers import supervise
+    settings = _relay_settings(args)  # refuse a bad config once, here, not N times
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if settings.engine.kind != "redis":
+        raise ConfigError("--workers needs [engine] kind = \"redis\": with the memory engine each worker would "
+                          "hold its own streams, and a resume or stop landing on another worker would not find them")
+    if not settings.server.port:
+        raise ConfigError("--workers needs a fixed port (server.port or --port), not 0")
+    rest = [a for i, a in enumerate(argv[1:]) if not (a.startswith("--workers") or argv[i] == "--workers")]
+    return supervise(rest, args.workers)
+
+
+def _relay_settings(args: argparse.Namespace, upstreams_port: int | None = None):
+    # A config without [upstreams] reaches the bundled mocks: the one `matrix demo` just
+    # started, or `matrix mock` on its default port.
+    from mock_ai import DEFAULT_PORT, relay_upstreams
+    mocks = relay_upstreams(f"127.0.0.1:{upstreams_port or DEFAULT_PORT}")
+    return load(args.config, defaults={"upstreams": mocks}, server__combo=args.combo,
+                server__host=args.host, server__port=args.port)
 
 
 def _relay_options(p: argparse.ArgumentParser) -> None:
@@ -159,16 +189,12 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"mock providers on {'https' if context else 'http'}://{mock_host}:{port}  (stats: /_mock/stats)",
               flush=True)
     if args.command in ("serve", "demo"):
-        # A config without [upstreams] reaches the bundled mocks: the one `matrix demo` just
-        # started, or `matrix mock` on its default port.
-        from mock_ai import DEFAULT_PORT, relay_upstreams
-        mocks = relay_upstreams(f"127.0.0.1:{port if args.command == 'demo' else DEFAULT_PORT}")
-        settings = load(args.config, defaults={"upstreams": mocks}, server__combo=args.combo,
-                        server__host=args.host, server__port=args.port)
+        settings = _relay_settings(args, port if args.command == "demo" else None)
         configure_logs(settings.log.level, settings.log.format)
         context = server_ssl_context(settings.server)
         runner, port = await start_site(create_app(settings), settings.server.host, settings.server.port,
-                                        settings.server.header_timeout_s, ssl_context=context)
+                                        settings.server.header_timeout_s, ssl_context=context,
+                                        reuse_port=getattr(args, "reuse_port", False))
         runners.append(runner)
         combo = settings.server.combo or "all four combinations"
         scheme = "https" if context else "http"
