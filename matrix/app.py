@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from pathlib import Path
@@ -126,7 +127,8 @@ async def list_upstreams(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
-    return web.json_response({"status": "ok", "streams": relay.engine.local_streams})
+    # pid: which process answered, where several relays share a port (--workers)
+    return web.json_response({"status": "ok", "streams": relay.engine.local_streams, "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:

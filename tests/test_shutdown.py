@@ -1,6 +1,7 @@
 """Graceful shutdown of a real `matrix serve` process: drain, then end the rest clearly, exit 0."""
 
 import asyncio
+import contextlib
 import signal
 import uuid
 
@@ -8,15 +9,21 @@ import httpx
 import pytest
 
 from clients import TIMEOUT, chat_body, expected_text, free_port, matrix_serve, read_some, text_of
+from redisd import redis_server
 from test_stop import provider_connection
 
 
-@pytest.fixture
-async def serve(tmp_path, mock):
-    """A `matrix serve` subprocess on the test's mock providers."""
+@pytest.fixture(params=["one", "workers"])
+async def serve(request, tmp_path, mock):
+    """A `matrix serve` subprocess on the test's mock providers; or `--workers 2` of them sharing Redis."""
     port = free_port()
     config = tmp_path / "matrix.toml"
-    config.write_text(f"""
+    async with contextlib.AsyncExitStack() as stack:
+        args, engine = ["--config", str(config)], ""
+        if request.param == "workers":
+            redis = await stack.enter_async_context(redis_server(tmp_path))
+            args, engine = [*args, "--workers", "2"], f'[engine]\nkind = "redis"\nurl = "{redis.url}"\n'
+        config.write_text(engine + f"""
 [server]
 port = {port}
 default_upstream = "openai"
@@ -34,8 +41,18 @@ app_id = "mock-app"
 api_key = "mock-key"
 api_secret = "mock-secret"
 """)
-    async with matrix_serve("--config", str(config), port=port) as served:
+        served = await stack.enter_async_context(matrix_serve(*args, port=port))
+        if request.param == "workers":  # both workers answer on the one port
+            assert len(await answering_pids(served[1])) == 2
         yield served
+
+
+async def answering_pids(base: str, tries: int = 40) -> set[int]:
+    pids = set()
+    for _ in range(tries):  # a new connection each time: the kernel spreads them over the workers
+        async with httpx.AsyncClient() as client:
+            pids.add((await client.get(f"{base}/healthz")).json()["pid"])
+    return pids
 
 
 async def test_sigterm_drains_then_ends_the_rest(serve, mock_url):

@@ -57,6 +57,7 @@ class RedisEngine:
         self._recheck_cancels = False
         self._shas: dict[str, str] = {}
         self._tasks: list[asyncio.Task] = []
+        self._closing = False
         url = self.config.url.get_secret_value()
         self._where = urlsplit(url).hostname or url.split("?")[0]  # for messages: never the password
         timeouts = dict(socket_timeout=self.config.timeout_s, socket_connect_timeout=self.config.timeout_s)
@@ -85,9 +86,12 @@ class RedisEngine:
 
     async def aclose(self) -> None:
         await self._flusher.drain(self.config.timeout_s)
+        self._closing = self._flusher.closing = self._tail.closing = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # redis-py can turn a cancellation in flight into a ConnectionError, which the loops
+        # catch: they also stop on `_closing`, and the wait is bounded all the same.
+        await asyncio.wait(self._tasks, timeout=self.config.timeout_s)
         for timer in self._grace.values():
             timer.cancel()
         try:
@@ -338,7 +342,7 @@ class RedisEngine:
     async def _sync_loop(self) -> None:
         """Publish this relay's reader counts, and tell owners when their stream has no reader here."""
         k = self.keys
-        while True:
+        while not self._closing:
             await self._sync_wake.wait()
             self._sync_wake.clear()
             batch, self._sync = self._sync, {}
@@ -364,12 +368,12 @@ class RedisEngine:
     # -- stop messages ----------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        while True:
+        while not self._closing:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.stop_channel)
                 self._recheck_cancels = True  # a stop sent while we were not subscribed is in the flag
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_message(message["data"].decode())
@@ -402,7 +406,7 @@ class RedisEngine:
     async def _lease_loop(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.config.owner_lease_s / 4
-        while True:
+        while not self._closing:
             try:
                 for dead in await self._lease():
                     await self._reap(dead)

@@ -45,6 +45,7 @@ class Flusher:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.closing = False
 
     def mark(self, source: Source) -> None:
         self._dirty[source.id] = source
@@ -53,7 +54,7 @@ class Flusher:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.05
-        while True:
+        while not self.closing:
             await self._wake.wait()
             self._wake.clear()
             self._idle.clear()

@@ -31,6 +31,7 @@ class Tail:
         self._blocked = False
         self._client_id: int | None = None
         self._kicker: asyncio.Task | None = None
+        self.closing = False
 
     def __len__(self) -> int:
         return len(self._logs)
@@ -58,7 +59,7 @@ class Tail:
             self._kicker = None
 
     async def run(self) -> None:
-        while True:
+        while not self.closing:
             if not self._logs:
                 self._wake.clear()
                 await self._wake.wait()
