@@ -60,7 +60,9 @@ class RedisEngine:
         self._closing = False
         url = self.config.url.get_secret_value()
         self._where = urlsplit(url).hostname or url.split("?")[0]  # for messages: never the password
-        timeouts = dict(socket_timeout=self.config.timeout_s, socket_connect_timeout=self.config.timeout_s)
+        # Named, so that CLIENT LIST shows which relay holds which connection.
+        timeouts = dict(socket_timeout=self.config.timeout_s, socket_connect_timeout=self.config.timeout_s,
+                        client_name=f"matrix-{self.replica}")
         # redis-py 8 changed defaults (5 s timeouts, a 100-connection pool): every one is set here.
         self.redis = Redis.from_pool(BlockingConnectionPool.from_url(
             url, max_connections=64, timeout=self.config.timeout_s, retry=Retry(NoBackoff(), 1), **timeouts))
@@ -114,6 +116,9 @@ class RedisEngine:
         return len(self._owned) + len(self._mirrors)
 
     def _trouble(self, exc: Exception) -> None:
+        """Redis failed us: not ready, and after timeout_s every stream here ends (the lease loop)."""
+        if not isinstance(exc, REDIS_ERRORS):  # an error reply (OOM, READONLY …) or a bug: show it whole
+            log.error("engine: %s", exc, exc_info=exc)
         if self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
             log_event(log, "engine down", where=self._where, error=f"{type(exc).__name__}: {exc}")
@@ -358,7 +363,7 @@ class RedisEngine:
                                 pipe.publish(k.channel(idle[0]), f"idle {sid} {idle[1]}")
                     await pipe.execute()
                 self._healthy()
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001  a background loop must not die
                 self._trouble(exc)
                 for sid, grace in batch.items():
                     self._sync.setdefault(sid, grace)
@@ -377,7 +382,7 @@ class RedisEngine:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_message(message["data"].decode())
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001  a background loop must not die
                 self._trouble(exc)
                 await asyncio.sleep(0.2)
             finally:
@@ -415,7 +420,7 @@ class RedisEngine:
                     await self.redis.srem(self.keys.mine, *ended)
                 if self._recheck_cancels:
                     await self._check_cancels()
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001  a background loop must not die
                 self._trouble(exc)
             if self._down_since is not None and loop.time() - self._down_since > self.config.timeout_s:
                 self._end_everything()

@@ -12,7 +12,6 @@ from typing import Awaitable, Callable
 from matrix.events import Event
 from matrix.stream import Stream
 
-from .redis_errors import REDIS_ERRORS
 
 
 class Source(Stream):
@@ -64,7 +63,7 @@ class Flusher:
             if work:
                 try:
                     results = await self._append(work)
-                except REDIS_ERRORS as exc:
+                except Exception as exc:  # noqa: BLE001  Redis down, or an error reply: retry, never die
                     self._trouble(exc)
                     for source, _ in work:  # nothing is lost: the same events (and newer) go next time
                         self._dirty.setdefault(source.id, source)

@@ -71,7 +71,7 @@ class Tail:
                     self._client_id = await self._conn.client_id()
                 self._blocked = True
                 reply = await self._conn.xread(wanted, count=1000, block=self._block_ms)
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001  Redis down, or an error reply: retry, never die
                 self._client_id = None  # a new connection has a new id
                 self._trouble(exc)
                 await asyncio.sleep(0.1)
