@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import secrets
-import time
 
 from aiohttp import web
 
 from .config import Settings
+from .engine import Engine
 from .errors import RequestError
 from .identity import ANONYMOUS, digest, owners
 
@@ -20,17 +20,17 @@ def public(path: str) -> bool:
 
 
 class Access:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
         self._owners = owners(*settings.auth.secrets())  # key digest -> owner
         self._origins = set(settings.server.allowed_origins)
         self._ticket_ttl = settings.auth.ticket_ttl_s
-        self._tickets: dict[str, tuple[str, float]] = {}  # ticket -> (client, expiry)
+        self._engine = engine  # keeps the tickets: one relay's memory, or Redis for many relays
 
     @property
     def enabled(self) -> bool:
         return bool(self._owners)
 
-    def identify(self, request: web.Request) -> str:
+    async def identify(self, request: web.Request) -> str:
         """The client's owner id: `client:NAME` or `key:FINGERPRINT`, or `ip:ADDR` when auth is off."""
         if not self._owners:
             return f"{ANONYMOUS}{request.remote}"
@@ -44,19 +44,15 @@ class Access:
         elif request.method == "GET" and (ticket := request.query.get("ticket")):
             # Browsers cannot set headers on WebSocket or EventSource: a ticket from an
             # authenticated POST /v1/tickets, single use, valid for ticket_ttl_s.
-            client, expiry = self._tickets.pop(ticket, ("", 0.0))
-            if client and expiry > time.monotonic():
+            if client := await self._engine.take_ticket(ticket):
                 return client
             raise RequestError("the ticket is unknown, used or expired", code="unauthorized", status=401)
         raise RequestError("missing or invalid API key (Authorization: Bearer <key>)", code="unauthorized",
                            status=401)
 
-    def issue_ticket(self, client: str) -> str:
-        now = time.monotonic()
-        if len(self._tickets) > 10_000:
-            self._tickets = {t: v for t, v in self._tickets.items() if v[1] > now}
+    async def issue_ticket(self, client: str) -> str:
         ticket = secrets.token_urlsafe(24)
-        self._tickets[ticket] = (client, now + self._ticket_ttl)
+        await self._engine.put_ticket(ticket, client, self._ticket_ttl)
         return ticket
 
     def origin_allowed(self, request: web.Request) -> bool:
@@ -86,7 +82,7 @@ def middleware(access: Access):
         if request.method == "OPTIONS" and origin:
             return web.Response(status=204, headers={**CORS_HEADERS, "Access-Control-Allow-Origin": origin})
         if not public(request.path):
-            request[CLIENT] = access.identify(request)
+            request[CLIENT] = await access.identify(request)
         return await handler(request)
     return access_control
 

@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     install_log_filters()
     relay = Relay(settings, {name: upstreams.build(name, cfg, settings.stream)
                              for name, cfg in settings.upstreams.items()}, engines.build(settings))
-    guard = access.Access(settings)
+    guard = access.Access(settings, relay.engine)
     app = web.Application(middlewares=[errors_as_json, access.middleware(guard)],
                           client_max_size=settings.server.max_body_bytes)
     app[RELAY] = relay
@@ -147,7 +147,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def ticket(request: web.Request) -> web.Response:
     """A single-use ticket for a browser's WebSocket or EventSource, which cannot send headers."""
     guard = request.app[ACCESS]
-    return web.json_response({"ticket": guard.issue_ticket(request[CLIENT]),
+    return web.json_response({"ticket": await guard.issue_ticket(request[CLIENT]),
                               "expires_in": request.app[RELAY].settings.auth.ticket_ttl_s})
 
 

@@ -9,6 +9,7 @@ same methods; the relay, transports, dialects and downstreams do not know which 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable, Protocol
 
 from .config import Settings
@@ -57,6 +58,12 @@ class Engine(Protocol):
     def ended(self, writer: Stream) -> None:
         """The stream's pump has returned (its terminal event is pushed): keep it for replay, then forget it."""
 
+    async def put_ticket(self, ticket: str, client: str, ttl_s: float) -> None:
+        """Keep a browser's single-use ticket (matrix/access.py) for `ttl_s`, for any relay to redeem."""
+
+    async def take_ticket(self, ticket: str) -> str | None:
+        """The client `ticket` was issued to, once; None when it is unknown, used or expired."""
+
 
 def new_stream(settings: Settings, stream_id: str, upstream: str, combo: str, cls: type[Stream] = Stream) -> Stream:
     cfg = settings.stream
@@ -74,6 +81,7 @@ class MemoryEngine:
         self._readers: dict[str, int] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._tickets: dict[str, tuple[str, float]] = {}  # ticket -> (client, expiry)
 
     def bind(self, stop: Stop) -> None:
         self._stop = stop
@@ -135,6 +143,16 @@ class MemoryEngine:
             timer.cancel()
         self._expiry[writer.id] = asyncio.get_running_loop().call_later(
             self.settings.stream.replay_ttl_s, self._expire, writer.id)
+
+    async def put_ticket(self, ticket: str, client: str, ttl_s: float) -> None:
+        now = time.monotonic()
+        if len(self._tickets) > 10_000:  # unredeemed tickets: forget the expired ones
+            self._tickets = {t: v for t, v in self._tickets.items() if v[1] > now}
+        self._tickets[ticket] = (client, now + ttl_s)
+
+    async def take_ticket(self, ticket: str) -> str | None:
+        client, expiry = self._tickets.pop(ticket, ("", 0.0))
+        return client if client and expiry > time.monotonic() else None
 
     def _expire(self, stream_id: str) -> None:
         self._expiry.pop(stream_id, None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -22,27 +21,11 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from clients import TIMEOUT, assert_well_formed, chat_body, expected_text, free_port, text_of, ws_chat
+from nginxd import NGINX, nginx_running
 
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 CONFIG = Path(__file__).parent.parent / "deploy" / "nginx.conf"
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx-light)")
-
-MAIN = """\
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 128; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/matrix.conf;
-}}
-"""
 
 
 def site_config(relay_port: int, port: int, **replace: str) -> str:
@@ -61,35 +44,8 @@ def site_config(relay_port: int, port: int, **replace: str) -> str:
 async def nginx_in_front(relay, tmp_path: Path, **replace: str):
     """Run nginx with deploy/nginx.conf in front of `relay`; yields its base URL."""
     port = free_port()
-    (tmp_path / "matrix.conf").write_text(site_config(relay.port, port, **replace))
-    (tmp_path / "nginx.conf").write_text(MAIN.format(tmp=tmp_path))
-    args = [NGINX, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
-    check = await asyncio.create_subprocess_exec(*args, "-t", stdout=asyncio.subprocess.PIPE,
-                                                 stderr=asyncio.subprocess.STDOUT)
-    output, _ = await asyncio.wait_for(check.communicate(), TIMEOUT)
-    assert check.returncode == 0, output.decode()
-    proc = await asyncio.create_subprocess_exec(*args, "-g", "daemon off; master_process off;",
-                                                stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:  # wait until nginx accepts connections
-                assert proc.returncode is None, (await proc.stderr.read()).decode()
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                    writer.close()
-                    await writer.wait_closed()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+    async with nginx_running(site_config(relay.port, port, **replace), port, tmp_path) as base:
+        yield base
 
 
 async def relay_events(source):

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from matrix.config import Settings
 from matrix.engine import Stop, new_stream
@@ -169,6 +169,15 @@ class RedisEngine:
             await self.redis.srem(self.keys.live(client), stream_id)
         except REDIS_ERRORS as exc:  # ADMIT drops members whose stream has ended
             self._trouble(exc)
+
+    # -- browser tickets ------------------------------------------------------------------
+
+    async def put_ticket(self, ticket: str, client: str, ttl_s: float) -> None:
+        await self._call(self.redis.set(self.keys.ticket(ticket), client, px=max(1, int(ttl_s * 1000))))
+
+    async def take_ticket(self, ticket: str) -> str | None:
+        client = await self._call(self.redis.getdel(self.keys.ticket(ticket)))  # single use, on every relay
+        return client.decode() if client else None
 
     # -- streams --------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 
 class Keys:
     def __init__(self, prefix: str, replica: str) -> None:
@@ -30,6 +32,9 @@ class Keys:
 
     def bucket(self, client: str) -> str:  # HASH tokens, at (starts_per_minute)
         return f"{self.prefix}client:{client}:bucket"
+
+    def ticket(self, ticket: str) -> str:  # STRING client, expiring; named by a digest: no live credential in a key
+        return f"{self.prefix}ticket:{hashlib.sha256(ticket.encode()).hexdigest()}"
 
 
 def entry_id(seq: int) -> str:
