@@ -1,6 +1,8 @@
 """Configuration: file, environment overrides, secrets from the environment that never print."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -138,7 +140,38 @@ def _documented_configs() -> list[tuple[str, str]]:
 def test_every_documented_config_loads(tmp_path, monkeypatch, where, toml):
     """Each TOML example in the README and docs/ loads (fragments on top of the mocks' upstreams)."""
     for name in set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", toml)):
-        monkeypatch.setenv(name, f"http://value-of-{name.lower().replace('_', '-')}:3128")  # a proxy URL too
+        scheme, port = ("redis", 6379) if "REDIS" in name else ("http", 3128)  # a Redis URL, a proxy URL too
+        monkeypatch.setenv(name, f"{scheme}://value-of-{name.lower().replace('_', '-')}:{port}")
     path = tmp_path / "doc.toml"
     path.write_text(toml)
     load(path, defaults={"upstreams": relay_upstreams()})
+
+
+@pytest.mark.parametrize("table, named", [
+    ('kind = "postgres"', "engine.kind"),
+    ('kind = "redis"\nurl = "http://127.0.0.1:6379"', "engine.url: Value error, must be a redis://"),
+    ('prefix = ""', "engine.prefix"),
+    ('owner_lease_s = 0', "engine.owner_lease_s"),
+])
+def test_engine_config_is_checked(tmp_path, table, named):
+    path = tmp_path / "matrix.toml"
+    path.write_text(f"[engine]\n{table}\n")
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load(path, defaults={"upstreams": relay_upstreams()})
+
+
+def test_redis_url_password_never_prints(tmp_path, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2-redis@127.0.0.1:6379/0")
+    path = tmp_path / "matrix.toml"
+    path.write_text('[engine]\nkind = "redis"\nurl = "${REDIS_URL}"\n')
+    settings = load(path, defaults={"upstreams": relay_upstreams()})
+    assert settings.engine.url.get_secret_value().endswith("@127.0.0.1:6379/0")
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+def test_workers_need_the_redis_engine(tmp_path):
+    """`--workers 2` with the memory engine refuses to start and says why, before binding anything."""
+    result = subprocess.run([sys.executable, "-m", "matrix", "serve", "--workers", "2", "--port", str(free_port())],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert '--workers needs [engine] kind = "redis"' in result.stderr and "own streams" in result.stderr
