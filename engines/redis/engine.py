@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 from redis.asyncio.retry import Retry
 
 from matrix.config import Settings
@@ -96,14 +96,15 @@ class RedisEngine:
         await asyncio.wait(self._tasks, timeout=self.config.timeout_s)
         for timer in self._grace.values():
             timer.cancel()
-        try:
-            async with asyncio.timeout(self.config.timeout_s):
-                await self.redis.zrem(self.keys.replicas, self.replica)
-                if not self._owned:
+        if self._flusher.drained:  # every end is in Redis: nothing of ours is left to reap
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    await self.redis.zrem(self.keys.replicas, self.replica)
                     await self.redis.delete(self.keys.mine)
-        except (*REDIS_ERRORS, TimeoutError):
-            pass  # our lease runs out by itself
-        await self._tail._conn.aclose()
+            except (*REDIS_ERRORS, TimeoutError):
+                pass
+        # Otherwise the lease runs out, and another relay ends what we could not, with relay_lost.
+        await self._tail.aclose()
         await self.redis.aclose(close_connection_pool=True)
 
     def ready(self) -> str | None:
@@ -136,7 +137,7 @@ class RedisEngine:
             raise EngineUnavailable(f"the stream engine is unavailable ({self.ready()}); retry shortly")
         try:
             result = await coro
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, RedisError) as exc:  # down, or an error reply (OOM, READONLY …)
             self._trouble(exc)
             raise EngineUnavailable(f"the stream engine is unavailable ({self.ready()}); retry shortly") from None
         return result

@@ -79,11 +79,16 @@ class Flusher:
             if self._interval and (delay := started + self._interval - loop.time()) > 0:
                 await asyncio.sleep(delay)  # bounded write rate: text arriving meanwhile merges
 
+    @property
+    def drained(self) -> bool:
+        """Everything pushed so far is in Redis."""
+        return not self._dirty and self._idle.is_set()
+
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout`) until everything pushed so far is in Redis."""
         try:
             async with asyncio.timeout(timeout):
-                while self._dirty or not self._idle.is_set():
+                while not self.drained:
                     await self._idle.wait()
                     await asyncio.sleep(0)
         except TimeoutError:

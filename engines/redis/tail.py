@@ -110,6 +110,9 @@ class Tail:
                 log.extend([Error(log.id, log.last_seq + 1, StreamNotFound.code,
                                   f"stream {log.id} expired before its end was read", False)])
 
+    async def aclose(self) -> None:
+        await self._conn.aclose()
+
     def fail_all(self, make_error: Callable[[Stream], object]) -> None:
         """Redis is gone: end every followed log here with `make_error(log)`, stop following."""
         for log, _ in self._logs.values():
