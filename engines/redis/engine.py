@@ -58,6 +58,7 @@ class RedisEngine:
         self._shas: dict[str, str] = {}
         self._tasks: list[asyncio.Task] = []
         self._closing = False
+        self._chores: set[asyncio.Task] = set()  # short tasks, held so that none is collected mid-way
         url = self.config.url.get_secret_value()
         self._where = urlsplit(url).hostname or url.split("?")[0]  # for messages: never the password
         # Named, so that CLIENT LIST shows which relay holds which connection.
@@ -106,6 +107,11 @@ class RedisEngine:
         # Otherwise the lease runs out, and another relay ends what we could not, with relay_lost.
         await self._tail.aclose()
         await self.redis.aclose(close_connection_pool=True)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def ready(self) -> str | None:
         if self._down_since is None:
@@ -278,7 +284,7 @@ class RedisEngine:
         source.dead = True
         self._stop(sid)
         if result == "ended":  # another relay took the stream over (our lease lapsed): show its end
-            asyncio.get_running_loop().create_task(self._adopt_end(source.log))
+            self._spawn(self._adopt_end(source.log))
         else:  # 'gone': Redis lost the stream (restarted empty), or an error reply
             log_event(log, "stream lost by the engine", stream_id=sid, result=str(result))
             self._fail_locally(source, "the stream engine lost this stream's log")
@@ -334,7 +340,7 @@ class RedisEngine:
             self._stop(sid)
         else:
             self._grace[sid] = asyncio.get_running_loop().call_later(
-                grace_s, lambda: asyncio.get_running_loop().create_task(self._grace_over(sid)))
+                grace_s, lambda: self._spawn(self._grace_over(sid)))
 
     async def _grace_over(self, sid: str) -> None:
         """Stop the pump unless a reader follows the stream here or on another live relay."""
