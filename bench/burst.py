@@ -13,13 +13,14 @@ from .clients import prompt
 from .fleet import Fleet
 from .lab import Lab, Route
 from .meter import Meter
+from .plan import up_of
 from .quantiles import latency_ms, spread
 
 
 async def _one(lab: Lab, route: Route) -> dict:
     plan = lab.plan
     fleet = Fleet(lab.session)
-    meter = Meter({route.role: lab.pids(route.role)}).start()
+    meter = Meter({route.role: lab.pids(route.role, route.label)}).start()  # @redis: relay + redis-server
     tally = fleet.launch(route, lambda: prompt(plan.burst_tokens, 0.0), plan.burst_tokens)
     await fleet.finish(60.0)
     meter.stop()
@@ -31,7 +32,7 @@ async def _one(lab: Lab, route: Route) -> dict:
 
 async def measure(lab: Lab, tick) -> dict:
     plan = lab.plan
-    transports = sorted({c.split("-")[1] for c in plan.combos})
+    transports = sorted({up_of(c) for c in plan.combos})
     routes = [lab.relay_route(c) for c in plan.combos]
     routes += [r for t in transports for r in (lab.vendor_route("direct", t), lab.vendor_route("nginx", t)) if r]
     runs: dict[str, list[dict]] = {r.label: [] for r in routes}
@@ -44,7 +45,7 @@ async def measure(lab: Lab, tick) -> dict:
         for label, result in rep.items():
             runs[label].append(result)
         for combo in plan.combos:
-            nginx = rep.get(f"nginx-{combo.split('-')[1]}")
+            nginx = rep.get(f"nginx-{up_of(combo)}")
             if nginx and nginx["us_per_token"] and rep[combo]["us_per_token"]:
                 ratios[combo].append(rep[combo]["us_per_token"] / nginx["us_per_token"])
         tick()

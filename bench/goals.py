@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .plan import FRONT_DOOR, FRONT_DOOR_BASE
+from .plan import FRONT_DOOR, FRONT_DOOR_BASE, engine_of, up_of
 
 DOOR_TARGET = 1.10  # the front door may cost at most 10 % more relay CPU per token than plain SSE
+# Issue 9: what the Redis engine may cost on top of the memory engine, and what a second worker must bring.
+REDIS_EXTRA_P50_MS, REDIS_EXTRA_P99_MS = 1.0, 3.0
+REDIS_CPU_VS_NGINX = 2.5
+WORKERS_GAIN = 1.6
 
 
 def _median(cell: dict | None, key: str) -> float | None:
@@ -31,10 +35,13 @@ def _digits(value: float) -> int:
 
 def evaluate(report: dict) -> list[dict]:
     plan = report["plan"]
-    combos, gate, load = plan["combos"], str(plan["gate_level"]), str(plan["load_level"])
+    gate, load = str(plan["gate_level"]), str(plan["load_level"])
+    # Issue 4's goals are the relay's own (memory engine); the Redis engine has goals of its own below.
+    everything = plan["combos"]
+    combos = [c for c in everything if engine_of(c) == "memory"]
     paced = (report.get("paced") or {}).get("summary") or {}
-    at_load = {c: (paced.get(c) or {}).get(load) for c in combos}
-    at_gate = {c: (paced.get(c) or {}).get(gate) for c in combos}
+    at_load = {c: (paced.get(c) or {}).get(load) for c in everything}
+    at_gate = {c: (paced.get(c) or {}).get(gate) for c in everything}
     rate = f"{1000 / plan['interval_ms']:g} tok/s"
     rows = []
     if paced:
@@ -47,8 +54,8 @@ def evaluate(report: dict) -> list[dict]:
             _row(f"relay CPU at {load} streams × {rate} (10,000 tokens/s at 200 × 50)", "≤ 70 % of one core",
                  {c: _median(at_load[c], "relay_pct_core") for c in combos}, lambda v: v <= 70, " %"),
             _row("tokens lost through the relay (all paced windows)", "0",
-                 {c: float(sum(cell.get("relay_lost", 0) for cell in (paced.get(c) or {}).values())) for c in combos},
-                 lambda v: v == 0, ""),
+                 {c: float(sum(cell.get("relay_lost", 0) for cell in (paced.get(c) or {}).values()))
+                  for c in everything}, lambda v: v == 0, ""),
             _row(f"added latency p50 at {gate} streams × {rate} vs direct, same window", "≤ 0.5 ms",
                  {c: _median(at_gate[c], "added_p50_ms") for c in combos}, lambda v: v <= 0.5, " ms"),
             _row(f"added latency p99 at {gate} streams × {rate} vs direct, same window", "≤ 1.0 ms",
@@ -59,7 +66,7 @@ def evaluate(report: dict) -> list[dict]:
         rows.append(_front_door_row(door, load))
     ttft = (report.get("ttft") or {}).get("added_p50_ms")
     if ttft is not None:
-        sse_up = [c for c in combos if c.endswith("-sse")]
+        sse_up = [c for c in combos if up_of(c) == "sse"]
         rows.append(_row("added time to first token p50, SSE upstream with connection reuse", "≤ 2 ms",
                          {c: ttft.get(c) for c in sse_up}, lambda v: v <= 2.0, " ms"))
     if paced:
@@ -73,7 +80,64 @@ def evaluate(report: dict) -> list[dict]:
                          {c: (stop.get(c) or {}).get("p99") for c in combos}, lambda v: v <= 50, " ms",
                          f"not closed: {sum(stop[c].get('not_closed', 0) for c in combos if c in stop)}"
                          + (f"; client-closed direct reference p99: {refs}" if refs else "")))
+    redis = [c for c in everything if engine_of(c) == "redis"]
+    if paced and redis:
+        rows += _engine_rows(report, redis, at_gate, at_load, gate, load, rate)
+    if report.get("workers"):
+        rows.append(_workers_row(report["workers"]))
     return rows
+
+
+def _engine_rows(report: dict, redis: list[str], at_gate: dict, at_load: dict, gate: str, load: str,
+                 rate: str) -> list[dict]:
+    """Issue 9: the Redis engine's latency on top of the memory engine's, and relay + Redis CPU vs nginx.
+
+    Extra latency = X@redis's added latency minus X's, each against direct in its own window, paired by
+    repetition, median over repetitions (summary.engines): what choosing Redis costs a client, with the
+    relay's own cost and the box's drift between windows taken out."""
+    pairs = ((report.get("paced") or {}).get("engines") or {})
+    extra = {p: {c: _median((pairs.get(c) or {}).get(gate), f"extra_{p}_ms") for c in redis} for p in ("p50", "p99")}
+    vs_direct = {p: " · ".join(f"{c} {_fmt(_median(at_gate[c], f'added_{p}_ms'), 2)} ms" for c in redis)
+                 for p in ("p50", "p99")}
+    unpaired = [c for c in redis if not pairs.get(c)]
+    lonely = f"; no memory-engine windows to pair {', '.join(unpaired)} with" if unpaired else ""
+    nginx = "" if any(_median(at_load[c], "ratio_to_nginx") for c in redis) else "nginx not on PATH"
+    share = " · ".join(f"{c} {_fmt(_median(at_load[c], 'redis_us_per_token'), 1)}" for c in redis)
+    # A saturated relay merges more text per flush, which lowers its CPU per token: show the lighter level
+    # and the latency at this one beside the verdict.
+    lighter = " · ".join(f"{c} {_fmt(_median(at_gate[c], 'ratio_to_nginx'), 2)}×" for c in redis)
+    late = " · ".join(f"{c} {_fmt(_median(at_load[c], 'added_p50_ms'), 1)} ms" for c in redis)
+    cpu_note = (f"relay + redis-server on-CPU time ÷ tokens; of which redis-server µs/token: {share}"
+                + (f"; at {gate} streams: {lighter}; added p50 at {load} streams: {late}" if gate != load else ""))
+    return [
+        _row(f"Redis engine: added latency p50 on top of the memory engine's, {gate} streams × {rate} "
+             "(X@redis − X, each vs direct in its own window, paired by repetition)",
+             f"≤ {REDIS_EXTRA_P50_MS:g} ms",
+             extra["p50"], lambda v: v <= REDIS_EXTRA_P50_MS, " ms", f"added vs direct: {vs_direct['p50']}{lonely}"),
+        _row(f"Redis engine: added latency p99 on top of the memory engine's, {gate} streams × {rate} "
+             "(same pairing)", f"≤ {REDIS_EXTRA_P99_MS:g} ms",
+             extra["p99"], lambda v: v <= REDIS_EXTRA_P99_MS, " ms", f"added vs direct: {vs_direct['p99']}{lonely}"),
+        _row(f"relay + Redis CPU per token vs nginx, {load} streams × {rate}, same window",
+             f"≤ {REDIS_CPU_VS_NGINX:g}×", {c: _median(at_load[c], "ratio_to_nginx") for c in redis},
+             lambda v: v <= REDIS_CPU_VS_NGINX, "×",
+             nginx or cpu_note),
+    ]
+
+
+def _workers_row(data: dict) -> dict:
+    """Issue 9: delivered tokens/s of `--workers N` over `--workers 1` at saturation, paired by repetition."""
+    by = data["by_workers"]
+    first = min(by, key=int)
+    values = {f"--workers {n}": _median(cell, "ratio") for n, cell in by.items() if n != first}
+    tps = " · ".join(f"{n}: {_fmt(_median(cell, 'tokens_per_s'), 0)} tok/s" for n, cell in by.items())
+    busy = "; ".join(f"{n}: {', '.join(f'{k} ×{v}' for k, v in cell['saturated'].items()) or 'nothing'}"
+                     for n, cell in by.items())
+    reps = len(data["runs"]) // len(by)
+    return _row(f"`matrix serve --workers N` vs --workers {first}: delivered tokens/s at saturation "
+                f"({data['streams']} unpaced {data['combo']} streams from the {data['source']}, Redis engine)",
+                f"≥ {WORKERS_GAIN:g}× (2 workers)",
+                values, lambda v: v >= WORKERS_GAIN, "×",
+                f"median of {reps} paired rep(s); {tps}; saturated (in how many runs): {busy}")
 
 
 def _front_door_row(door: dict | None, load: str) -> dict:
@@ -96,4 +160,4 @@ def _front_door_row(door: dict | None, load: str) -> dict:
 
 
 def _fmt(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None else f"{value:,.{digits}f}"

@@ -10,10 +10,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .procs import REPO, nginx_version
+from .procs import REPO, nginx_version, redis_version
 
-PACKAGES = ("aiohttp", "websockets", "orjson", "uvloop", "pydantic")
-RELAY_PATHS = ("matrix", "upstreams", "downstreams")
+PACKAGES = ("aiohttp", "websockets", "orjson", "uvloop", "pydantic", "redis", "hiredis")
+RELAY_PATHS = ("matrix", "upstreams", "downstreams", "engines")
 
 
 def _cpu_model() -> str:
@@ -55,7 +55,8 @@ def collect() -> dict:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _mem_gib(),
                     "kernel": platform.release(), "python": sys.version.split()[0]},
-        "versions": {name: _version(name) for name in PACKAGES} | {"nginx": nginx_version()},
+        "versions": {name: _version(name) for name in PACKAGES} | {"nginx": nginx_version(),
+                                                                   "redis-server": redis_version()},
         "relay_commit": _git("rev-parse", "--short", "HEAD"),
         "relay_uncommitted_changes": bool(dirty) if dirty is not None else None,
     }

@@ -15,11 +15,13 @@ from .clients import Tally, prompt
 from .fleet import Fleet
 from .lab import Lab, Route
 from .meter import Meter
+from .plan import engine_of, up_of
 from .quantiles import latency_ms
 from .sysstat import noise_probe_ms, rss_kib_of
 
 OPEN_COST_S = 0.006     # time budgeted to open one stream (both hops) before the idle hold
 WARM_STREAMS = 2        # per route, before the RSS baseline
+ROLES = ("relay", "redis", "standby", "direct", "nginx")  # metered in every window (lab.pids)
 
 
 async def warm_up(lab: Lab, routes: list[Route]) -> int:
@@ -33,7 +35,7 @@ async def warm_up(lab: Lab, routes: list[Route]) -> int:
 
 
 def references(lab: Lab, combo: str) -> list[Route]:
-    transport = combo.split("-")[1]
+    transport = up_of(combo)
     return [r for r in (lab.vendor_route("direct", transport), lab.vendor_route("nginx", transport)) if r]
 
 
@@ -86,12 +88,12 @@ async def window(lab: Lab, combo: str, level: int, rep: int) -> tuple[dict, dict
     """Run one window; returns its record and the pooled latencies (ns) per role."""
     plan = lab.plan
     if plan.fresh_relay:
-        await lab.restart_relay()
+        await lab.restart_relay(engine_of(combo))
     started = time.monotonic()
     relay = lab.relay_route(combo)
     refs = references(lab, combo)
     warm_errors = await warm_up(lab, [relay, *refs])
-    relay_pids = lab.pids("relay")
+    relay_pids = lab.pids("relay", combo)  # @redis: redis-server's RSS too
     await asyncio.sleep(0.05)
     rss = {"base": rss_kib_of(relay_pids)}
     probe = noise_probe_ms()
@@ -99,7 +101,7 @@ async def window(lab: Lab, combo: str, level: int, rep: int) -> tuple[dict, dict
     fleet, t0, all_open = await _open_and_hold(lab, [(relay, level)] + [(ref, plan.probes) for ref in refs])
     rss["idle"] = rss_kib_of(relay_pids)
     await _sleep_until(t0 - 5_000_000)
-    meter = Meter({role: lab.pids(role) for role in ("relay", "direct", "nginx") if lab.pids(role)}).start()
+    meter = Meter({role: pids for role in ROLES if (pids := lab.pids(role, combo))}).start()
     peak = [rss["idle"]]
     sampler = asyncio.get_running_loop().create_task(_peak_rss(relay_pids, peak))
     await fleet.finish(plan.tokens * plan.interval_ms / 1000 + len(fleet.flights) * OPEN_COST_S + 20.0)
@@ -121,6 +123,7 @@ def _record(combo: str, level: int, rep: int, sides: dict, meter: Meter, rss: di
     tokens = {role: (side or {}).get("tokens", 0) for role, side in sides.items()}
     relay_us, nginx_us = meter.per_token_us("relay", tokens["relay"]), meter.per_token_us("nginx", tokens["nginx"])
     seconds = meter.ns / 1e9
+    on_redis = engine_of(combo) == "redis"  # the relay role holds redis-server too: its share, apart
     return {
         "combo": combo, "level": level, "rep": rep, "seconds": round(seconds, 3),
         "relay": sides["relay"], "direct": sides["direct"], "nginx": sides["nginx"],
@@ -129,6 +132,8 @@ def _record(combo: str, level: int, rep: int, sides: dict, meter: Meter, rss: di
         "cpu": {
             "relay_us_per_token": _round(relay_us),
             "relay_pct_core": _round(meter.pct("relay")),
+            "redis_pct_core": _round(meter.pct("redis")) if on_redis else None,
+            "redis_us_per_token": _round(meter.per_token_us("redis", tokens["relay"])) if on_redis else None,
             "tokens_per_s_per_core": _round(1e6 / relay_us if relay_us else None, 0),
             "nginx_us_per_token": _round(nginx_us),
             "ratio_to_nginx": _round(relay_us / nginx_us if relay_us and nginx_us else None),

@@ -7,12 +7,44 @@ from dataclasses import dataclass
 
 from matrix.config import COMBOS as RELAY_COMBOS
 
-PHASES = ("paced", "ttft", "burst", "stop")
+PHASES = ("paced", "ttft", "burst", "stop", "workers")
 # downstream-upstream. The relay's four, and its OpenAI-compatible front door
 # (`POST /v1/chat/completions`, chunks as SSE) over an SSE upstream.
 FRONT_DOOR = "openai-sse"
 FRONT_DOOR_BASE = "sse-sse"   # what the front door's CPU per token is held against (goals.py)
 COMBOS = (*RELAY_COMBOS, FRONT_DOOR)
+# A combination with `@redis` runs on a second relay, `[engine] kind = "redis"`, beside a
+# redis-server the bench starts; without a suffix it runs on the memory engine (the default).
+ENGINES = ("memory", "redis")
+REDIS_COMBOS = tuple(f"{c}@redis" for c in RELAY_COMBOS)
+KNOWN_COMBOS = (*COMBOS, *REDIS_COMBOS, f"{FRONT_DOOR}@redis")
+
+
+def engine_of(combo: str) -> str:
+    """`sse-ws@redis` -> redis; `sse-ws` -> memory."""
+    return combo.partition("@")[2] or "memory"
+
+
+def base_of(combo: str) -> str:
+    """The combination without its engine: `sse-ws@redis` -> sse-ws."""
+    return combo.partition("@")[0]
+
+
+def down_of(combo: str) -> str:
+    return base_of(combo).split("-")[0]
+
+
+def up_of(combo: str) -> str:
+    """The upstream transport: `ws-sse@redis` -> sse."""
+    return base_of(combo).split("-")[1]
+
+
+def with_engines(combos: tuple[str, ...], engines: tuple[str, ...]) -> tuple[str, ...]:
+    """`--engines`: the combinations on each engine; the front door joins Redis only when named as such."""
+    bases = tuple(dict.fromkeys(base_of(c) for c in combos))
+    out = [c for c in bases if "memory" in engines]
+    out += [f"{c}@redis" for c in bases if "redis" in engines and c in RELAY_COMBOS]
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -31,6 +63,13 @@ class Plan:
     burst_tokens: int = 2000
     burst_reps: int = 5
     stop_streams: int = 30        # per combination
+    workers: tuple[int, ...] = (1, 2)   # `matrix serve --workers N` compared at saturation
+    workers_combo: str = "sse-sse"
+    workers_source: str = "firehose"    # bench/firehose.py (cheap per token), or "mock" (costs what the relay does)
+    workers_streams: int = 48     # concurrent unpaced streams: every worker stays busy between streams
+    workers_tokens: int = 2000    # per stream, sent as fast as the source can: per-stream costs stay small
+    workers_seconds: float = 4.0  # counted, after the streams have ramped up
+    workers_reps: int = 3         # N = 1 and 2 in shuffled order per repetition
     sse_upstream: str = "openai"
     ws_upstream: str = "spark"
     phases: tuple[str, ...] = PHASES
@@ -52,11 +91,25 @@ class Plan:
         """The level the CPU and memory goals are read at: the highest (200 by default)."""
         return max(self.levels)
 
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """The relays a run starts for the paced, TTFT, burst and stop phases: memory and/or redis."""
+        if not set(self.phases) - {"workers"}:
+            return ()
+        return tuple(e for e in ENGINES if any(engine_of(c) == e for c in self.combos))
+
+    @property
+    def needs_redis(self) -> bool:
+        return "redis" in self.engines or "workers" in self.phases
+
     def estimate_s(self) -> float:
         """A generous guess of the run's length, for the hard stop of a narrowed or widened run."""
         windows = self.reps * len(self.combos) * len(self.levels) if "paced" in self.phases else 0
         per_window = 1.5 + self.hold_s + self.tokens * self.interval_ms / 1000 + max(self.levels) * 0.008
-        return 20 + (windows + self.retries) * per_window + self.ttft_requests * 0.1 + self.burst_reps * 2 + len(self.combos) * 3
+        workers = (len(self.workers) * self.workers_reps * (4 + self.workers_seconds)
+                   if "workers" in self.phases else 0)
+        return (20 + (windows + self.retries) * per_window + self.ttft_requests * 0.1 + self.burst_reps * 2
+                + len(self.combos) * 3 + workers)
 
     def replace(self, **changes) -> Plan:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -65,7 +118,8 @@ class Plan:
 PRESETS = {
     "full": Plan(),
     "quick": Plan(mode="quick", reps=2, tokens=60, hold_s=0.5, retries=2, ttft_requests=15, burst_reps=2,
-                  stop_streams=10),
-    "tiny": Plan(mode="tiny", levels=(2,), reps=1, tokens=8, interval_ms=10.0, probes=2, hold_s=0.2,
-                 fresh_relay=False, retries=0, ttft_requests=2, burst_tokens=200, burst_reps=1, stop_streams=2),
+                  stop_streams=10, workers_seconds=3.0, workers_reps=2),
+    "tiny": Plan(mode="tiny", combos=(*COMBOS, *REDIS_COMBOS), levels=(2,), reps=1, tokens=8, interval_ms=10.0,
+                 probes=2, hold_s=0.2, fresh_relay=False, retries=0, ttft_requests=2, burst_tokens=200, burst_reps=1,
+                 stop_streams=2, workers_streams=4, workers_tokens=100, workers_seconds=1.0, workers_reps=1),
 }

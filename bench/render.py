@@ -32,12 +32,14 @@ def noise_line(report: dict) -> str:
 
 def header(report: dict) -> str:
     m, p = report["meta"], report["plan"]
-    nginx = (m["versions"].get("nginx") or "?") if report.get("nginx_reference") else "off (not on PATH, or --no-nginx)"
+    nginx = ((m["versions"].get("nginx") or "?") if report.get("nginx_reference")
+             else "off (not on PATH, --no-nginx, or no phase needs it)")
+    redis = f"; redis-server {m['versions'].get('redis-server') or '?'}" if report.get("redis") else ""
     return (f"matrix bench --{p['mode']}, {m['date']}, {report['seconds']:.0f} s; "
             f"{m['machine']['cpu']}, {m['machine']['cores']} cores, {m['machine']['memory_gib']} GiB, "
             f"Linux {m['machine']['kernel']}, Python {m['machine']['python']}; relay {m['relay_commit']}"
             f"{' (+uncommitted changes)' if m['relay_uncommitted_changes'] else ''}, loop "
-            f"{'uvloop' if p['relay_uvloop'] else 'as shipped'}; nginx {nginx}; "
+            f"{'uvloop' if p['relay_uvloop'] else 'as shipped'}; nginx {nginx}{redis}; "
             f"upstreams: sse={p['sse_upstream']}, ws={p['ws_upstream']}.")
 
 
@@ -65,4 +67,9 @@ with a random phase. CPU = on-CPU ns from `/proc/<pid>/task/*/schedstat` over th
 token delivered; × nginx = relay µs/token ÷ nginx µs/token of the same window (nginx carries only the \
 reference streams, as in docs/measuring.md, "Same-window references"). Memory = relay RSS growth per stream over its \
 post-warm-up baseline. Windows run in shuffled order per repetition; figures are medians (min–max) over \
-repetitions."""
+repetitions. A combination marked `@redis` runs on a second relay with `[engine] kind = "redis"` and a \
+redis-server the bench starts (persistence off, emptied whenever that relay restarts); its CPU and memory are \
+the relay's and redis-server's together, and each of its windows is paired with the same repetition's window \
+of the combination on the memory engine. The workers phase runs `matrix serve --workers N` (Redis engine) under \
+unpaced streams from a cheap token source (bench/firehose.py) and counts the tokens its clients receive; the \
+source, Redis and the bench share the same cores, and each run says what had no CPU to spare."""

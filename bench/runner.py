@@ -1,4 +1,4 @@
-"""Run a plan: paced windows in shuffled order per repetition, then TTFT, burst and stop; assemble the report."""
+"""Run a plan: paced windows in shuffled order per repetition, then TTFT, burst, stop, workers; assemble the report."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import random
 import time
 from collections import defaultdict
 
-from . import burst, goals, meta, paced, stop, summary, ttft
+from . import burst, goals, meta, paced, stop, summary, ttft, workers
 from .lab import Lab
 from .plan import FRONT_DOOR, FRONT_DOOR_BASE, Plan
 from .progress import Progress
 
 
 def steps(plan: Plan) -> int:
-    """Progress units: paced windows, TTFT rounds, burst reps, stop combinations."""
+    """Progress units: paced windows, TTFT rounds, burst reps, stop combinations, workers runs."""
     n = 0
     if "paced" in plan.phases:
         n += plan.reps * len(plan.combos) * len(plan.levels)
@@ -25,6 +25,8 @@ def steps(plan: Plan) -> int:
         n += plan.burst_reps
     if "stop" in plan.phases:
         n += len(plan.combos)
+    if "workers" in plan.phases:
+        n += plan.workers_reps * len(plan.workers)
     return n
 
 
@@ -49,6 +51,7 @@ async def _paced(lab: Lab, progress: Progress) -> dict:
             progress.tick()
     return {"summary": summary.paced(windows), "noise": {**summary.noise(windows), "discarded": discarded},
             "front_door": summary.front_door(windows, FRONT_DOOR, FRONT_DOOR_BASE),
+            "engines": summary.engines(windows),
             "distributions": summary.distributions(pools), "windows": windows}
 
 
@@ -59,14 +62,15 @@ async def run(plan: Plan, progress: Progress) -> dict:
     async with asyncio.timeout(plan.budget_s):
         async with Lab(plan) as lab:
             report["nginx_reference"] = lab.nginx is not None
+            report["redis"] = lab.redis is not None
             timing = report["phase_seconds"] = {"start": round(time.monotonic() - started, 1)}
             if "paced" in plan.phases:
                 mark = time.monotonic()
                 report["paced"] = await _paced(lab, progress)
                 timing["paced"] = round(time.monotonic() - mark, 1)
             if {"ttft", "burst", "stop"} & set(plan.phases):
-                await lab.restart_relay()
-            for name, module in (("ttft", ttft), ("burst", burst), ("stop", stop)):
+                await lab.restart_relays()
+            for name, module in (("ttft", ttft), ("burst", burst), ("stop", stop), ("workers", workers)):
                 if name in plan.phases:
                     progress.show(name)
                     mark = time.monotonic()

@@ -18,6 +18,7 @@ import uuid
 from .clients import CANCEL_BY_ID, Tally, prompt
 from .fleet import Fleet
 from .lab import Lab, Route
+from .plan import down_of, up_of
 from .quantiles import latency_ms
 
 # Tokens of an answer that outlives the test (10 s at 50 tok/s). Not more: the mock draws
@@ -34,14 +35,14 @@ async def _when_flowing(tally: Tally) -> None:
     await asyncio.sleep(random.random() * 0.1)
 
 
-async def _cancel_via_relay(lab: Lab, tally: Tally, task: asyncio.Task, at: dict) -> None:
+async def _cancel_via_relay(lab: Lab, route: Route, tally: Tally, task: asyncio.Task, at: dict) -> None:
     await _when_flowing(tally)
     at["t"] = time.monotonic()
-    async with lab.session.post(f"{lab.relay.base}/v1/streams/{tally.stream_id}/cancel") as response:
+    async with lab.session.post(f"{lab.relay_base(route.label)}/v1/streams/{tally.stream_id}/cancel") as response:
         at["ok"] = response.status == 200
 
 
-async def _close_by_client(lab: Lab, tally: Tally, task: asyncio.Task, at: dict) -> None:
+async def _close_by_client(lab: Lab, route: Route, tally: Tally, task: asyncio.Task, at: dict) -> None:
     await _when_flowing(tally)
     at["t"] = time.monotonic()
     at["ok"] = True
@@ -70,7 +71,8 @@ async def _measure(lab: Lab, route: Route, stopper) -> dict:
         fleet.launch(route, lambda tag=tag: prompt(LONG, lab.plan.interval_ms, tag=tag), LONG)
         tags.append(tag)
     marks = [{} for _ in tags]
-    await asyncio.gather(*[stopper(lab, tally, task, at) for (_, tally, task), at in zip(fleet.flights, marks)])
+    await asyncio.gather(*[stopper(lab, route, tally, task, at)
+                           for (route, tally, task), at in zip(fleet.flights, marks)])
     await fleet.finish(10.0)
     closed = await _closed_at(lab, set(tags))
     delays = [int((closed[tag] - at["t"]) * 1e9) for tag, at in zip(tags, marks) if closed.get(tag) is not None]
@@ -80,14 +82,14 @@ async def _measure(lab: Lab, route: Route, stopper) -> dict:
 
 def stopper_for(combo: str):
     """Cancel by id where the downstream has one; otherwise (the OpenAI front door) the client leaves."""
-    return _cancel_via_relay if combo.split("-")[0] in CANCEL_BY_ID else _close_by_client
+    return _cancel_via_relay if down_of(combo) in CANCEL_BY_ID else _close_by_client
 
 
 async def measure(lab: Lab, tick) -> dict:
     """Per combination (cancel through the relay, or the client closes) and per upstream transport
     (`direct-*`, the client closes)."""
     plan = lab.plan
-    transports = sorted({c.split("-")[1] for c in plan.combos})
+    transports = sorted({up_of(c) for c in plan.combos})
     jobs = [(lab.relay_route(c), stopper_for(c)) for c in plan.combos]
     jobs += [(lab.vendor_route("direct", t), _close_by_client) for t in transports]
     random.shuffle(jobs)

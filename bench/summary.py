@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .plan import base_of, engine_of
 from .quantiles import curve_ms, latency_ms, spread
 
 SUSPECT_PROBE = 1.5     # a window whose speed probe is this much slower than the run's fastest
@@ -25,6 +26,7 @@ METRICS = {  # summary key -> path in a window record
     "nginx_added_p50_ms": "nginx_added.p50", "nginx_added_p99_ms": "nginx_added.p99",
     "relay_us_per_token": "cpu.relay_us_per_token", "nginx_us_per_token": "cpu.nginx_us_per_token",
     "ratio_to_nginx": "cpu.ratio_to_nginx", "relay_pct_core": "cpu.relay_pct_core",
+    "redis_pct_core": "cpu.redis_pct_core", "redis_us_per_token": "cpu.redis_us_per_token",
     "tokens_per_s_per_core": "cpu.tokens_per_s_per_core", "relay_tokens_per_s": "cpu.relay_tokens_per_s",
     "mock_pct_core": "cpu.mock_pct_core", "bench_pct_core": "cpu.bench_pct_core",
     "idle_kib_per_stream": "mem.idle_kib_per_stream", "active_kib_per_stream": "mem.active_kib_per_stream",
@@ -92,25 +94,40 @@ def front_door(windows: list[dict], door: str = "openai-sse", base: str = "sse-s
     plain µs/token ratio of the pair, for when nginx is off or to judge the normalisation.
     `extra_p50_ms` / `extra_p99_ms` = door's added latency minus base's, per pair.
     """
+    return paired(windows, door, base, ("door", "base"))
+
+
+def engines(windows: list[dict]) -> dict:
+    """{X@redis: {level: X@redis against X}}: the Redis engine against the memory engine, paired as the front
+    door is; `extra_*` is the Redis engine's latency on top of the memory engine's, each against direct in its
+    own window, and `ratio` its relay + Redis CPU per token over the memory relay's, each ÷ nginx."""
+    combos = {w["combo"] for w in windows}
+    return {c: out for c in sorted(combos) if engine_of(c) == "redis" and base_of(c) in combos
+            and (out := paired(windows, c, base_of(c), ("redis", "memory")))}
+
+
+def paired(windows: list[dict], one: str, other: str, names: tuple[str, str]) -> dict:
+    """Combination `one` against `other`, per level, windows paired by repetition; keys named after `names`."""
     cells: dict[tuple[int, int], dict[str, dict]] = defaultdict(dict)
     for w in windows:
-        if w["combo"] in (door, base):
+        if w["combo"] in (one, other):
             cells[w["level"], w["rep"]][w["combo"]] = w
+    a, b = names
     out: dict = {}
     for level in sorted({lv for lv, _ in cells}):
-        pairs = [c for (lv, _), c in sorted(cells.items()) if lv == level and door in c and base in c]
+        pairs = [c for (lv, _), c in sorted(cells.items()) if lv == level and one in c and other in c]
         if not pairs:
             continue
         cpu = lambda w, key: _get(w, f"cpu.{key}")  # noqa: E731
         out[str(level)] = {
-            "ratio": spread(_ratio(cpu(p[door], "ratio_to_nginx"), cpu(p[base], "ratio_to_nginx")) for p in pairs),
-            "raw_ratio": spread(_ratio(cpu(p[door], "relay_us_per_token"), cpu(p[base], "relay_us_per_token"))
+            "ratio": spread(_ratio(cpu(p[one], "ratio_to_nginx"), cpu(p[other], "ratio_to_nginx")) for p in pairs),
+            "raw_ratio": spread(_ratio(cpu(p[one], "relay_us_per_token"), cpu(p[other], "relay_us_per_token"))
                                 for p in pairs),
-            "door_us_per_token": spread(cpu(p[door], "relay_us_per_token") for p in pairs),
-            "base_us_per_token": spread(cpu(p[base], "relay_us_per_token") for p in pairs),
-            "extra_p50_ms": spread(_minus(_get(p[door], "added.p50"), _get(p[base], "added.p50")) for p in pairs),
-            "extra_p99_ms": spread(_minus(_get(p[door], "added.p99"), _get(p[base], "added.p99")) for p in pairs),
-            "pairs": len(pairs), "door": door, "base": base,
+            f"{a}_us_per_token": spread(cpu(p[one], "relay_us_per_token") for p in pairs),
+            f"{b}_us_per_token": spread(cpu(p[other], "relay_us_per_token") for p in pairs),
+            "extra_p50_ms": spread(_minus(_get(p[one], "added.p50"), _get(p[other], "added.p50")) for p in pairs),
+            "extra_p99_ms": spread(_minus(_get(p[one], "added.p99"), _get(p[other], "added.p99")) for p in pairs),
+            "pairs": len(pairs), a: one, b: other,
         }
     return out
 

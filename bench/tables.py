@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .plan import engine_of
+
 DASH = "—"
 
 
@@ -46,7 +48,8 @@ def paced(report: dict) -> Table:
     plan = report["plan"]
     return Table(f"Paced: N relayed streams at {1000 / plan['interval_ms']:g} tok/s each, {plan['tokens']} tokens, "
                  f"{plan['reps']} rep(s) in shuffled order; median (min–max) over windows; "
-                 f"added = relay − direct in the same window",
+                 f"added = relay − direct in the same window; @redis = the Redis engine, its relay's CPU and "
+                 f"memory counted with redis-server's",
                  ["combo", "streams", "added p50 ms", "added p99 ms", "relay p50/p99 ms", "direct p50/p99 ms",
                   "nginx added p99", "relay µs/token", "× nginx", "relay CPU %", "KiB/stream idle/active",
                   "lost/err"], rows)
@@ -91,14 +94,55 @@ def front_door(report: dict) -> Table:
                   "extra added p50 ms", "extra added p99 ms", "pairs"], rows)
 
 
+def engines(report: dict) -> Table:
+    summary = (report.get("paced") or {}).get("summary") or {}
+    pairs = (report.get("paced") or {}).get("engines") or {}
+    rows = []
+    for combo, levels in summary.items():
+        if engine_of(combo) != "redis":
+            continue
+        for level, c in sorted(levels.items(), key=lambda kv: int(kv[0])):
+            p = (pairs.get(combo) or {}).get(level) or {}
+            rows.append([combo, level, med(c["added_p50_ms"]), med(p.get("extra_p50_ms")), med(c["added_p99_ms"]),
+                         med(p.get("extra_p99_ms")), med(c["relay_us_per_token"], 1, False),
+                         med(c.get("redis_us_per_token"), 1, False), med(p.get("memory_us_per_token"), 1, False),
+                         med(p.get("ratio")), med(c["ratio_to_nginx"]), med(c.get("redis_pct_core"), 0, False),
+                         str(p.get("pairs", 0))])
+    return Table("Redis engine vs memory engine, same combination: extra = X@redis's added latency (vs direct, "
+                 "its own window) minus X's, paired by repetition; CPU of relay + redis-server; × memory = "
+                 "(µs/token ÷ nginx µs/token of its own window) of one over the other",
+                 ["combo", "streams", "added p50 ms", "extra p50 vs memory", "added p99 ms", "extra p99 vs memory",
+                  "relay+Redis µs/token", "of which Redis", "memory µs/token", "× memory", "× nginx", "Redis CPU %",
+                  "pairs"], rows)
+
+
+def workers(report: dict) -> Table:
+    data = report.get("workers") or {}
+    rows = [[n, med(c["tokens_per_s"], 0), med(c["ratio"]), med(c["relay_us_per_token"], 1, False),
+             med(c["relay_pct"], 0, False), med(c["redis_pct"], 0, False), med(c["source_pct"], 0, False),
+             med(c["bench_pct"], 0, False), med(c["box_pct"], 0, False),
+             ", ".join(f"{k} ×{v}" for k, v in c["saturated"].items()) or "nothing", str(c["errors"])]
+            for n, c in (data.get("by_workers") or {}).items()]
+    return Table(f"`matrix serve --workers N` at saturation: {data.get('streams')} clients each streaming "
+                 f"{data.get('combo')} answers of {data.get('tokens')} tokens sent as fast as the {data.get('source')} "
+                 f"can, Redis engine, {data.get('seconds')} s counted per run; median (min–max) over repetitions; "
+                 "CPU in % of one core (the box has 200); saturated = a process ≥ 90 % of a core, or the box "
+                 "≥ 95 % busy",
+                 ["workers", "tokens/s", "× 1 worker", "relay µs/token", "relay CPU %", "Redis %",
+                  f"{data.get('source')} %",
+                  "bench %", "box %", "saturated (runs)", "errors"], rows)
+
+
 def goals(report: dict) -> Table:
     verdict = {True: "met", False: "MISSED", None: "n/a"}
     rows = [[g["goal"], g["target"], g["measured"],
              verdict[g["met"]] + (f" ({', '.join(g['missed'])})" if g["missed"] else "")]
             for g in report.get("goals", [])]
-    return Table("Goals (issue 4)", ["goal", "target", "measured", "verdict"], rows)
+    return Table("Goals (issue 4; the front door: issue 10; the Redis engine and workers: issue 9)",
+                 ["goal", "target", "measured", "verdict"], rows)
 
 
 def all_tables(report: dict) -> list[Table]:
-    tables = [paced(report), front_door(report), ttft(report), burst(report), stop(report), goals(report)]
+    tables = [paced(report), engines(report), front_door(report), ttft(report), burst(report), stop(report),
+              workers(report), goals(report)]
     return [t for t in tables if t.rows]

@@ -15,6 +15,7 @@ import aiohttp
 
 from .clients import Opened, Tally, chat_body, prompt, relay_ws_chat
 from .lab import Lab, Route
+from .plan import up_of
 from .quantiles import latency_ms
 
 WARM_ROUNDS = 2
@@ -25,8 +26,8 @@ def _nothing() -> None:
 
 
 async def _socket_route(lab: Lab, stack: AsyncExitStack, combo: str) -> Route:
-    ws = await stack.enter_async_context(lab.session.ws_connect(f"{lab.relay.base}/v1/chat/ws", max_msg_size=0))
-    upstream = lab.plan.upstream(combo.split("-")[1])
+    ws = await stack.enter_async_context(lab.session.ws_connect(f"{lab.relay_base(combo)}/v1/chat/ws", max_msg_size=0))
+    upstream = lab.plan.upstream(up_of(combo))
 
     async def run(session: aiohttp.ClientSession, text: str, tally: Tally, opened: Opened) -> None:
         await relay_ws_chat(ws, chat_body(text, upstream), tally, opened)
@@ -39,7 +40,7 @@ async def measure(lab: Lab, tick) -> dict:
     async with AsyncExitStack() as stack:
         routes = [await _socket_route(lab, stack, c) if c.startswith("ws-") else lab.relay_route(c)
                   for c in plan.combos]
-        transports = sorted({c.split("-")[1] for c in plan.combos})
+        transports = sorted({up_of(c) for c in plan.combos})
         routes += [r for t in transports for r in (lab.vendor_route("direct", t), lab.vendor_route("nginx", t)) if r]
         samples: dict[str, list[int]] = {r.label: [] for r in routes}
         errors = {r.label: 0 for r in routes}
@@ -63,7 +64,7 @@ async def measure(lab: Lab, tick) -> dict:
     for label, values in samples.items():
         out["routes"][label] = {**latency_ms(values), "errors": errors[label]}
     for combo in plan.combos:
-        relay, direct = out["routes"][combo], out["routes"].get(f"direct-{combo.split('-')[1]}")
+        relay, direct = out["routes"][combo], out["routes"].get(f"direct-{up_of(combo)}")
         if relay.get("p50") is not None and direct and direct.get("p50") is not None:
             out["added_p50_ms"][combo] = round(relay["p50"] - direct["p50"], 4)
     return out

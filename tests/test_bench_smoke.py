@@ -1,4 +1,8 @@
-"""Smoke test of `matrix bench`: a tiny run writes a complete, well-formed report (no timing is asserted)."""
+"""Smoke test of `matrix bench`: a tiny run writes a complete, well-formed report (no timing is asserted).
+
+The tiny preset runs every combination on the memory engine and the four relay ones on the
+Redis engine too (a redis-server the bench starts), and the workers phase (`matrix serve
+--workers 1` and `2`): `make system` installs redis-server, so nothing here is skipped."""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.plan import COMBOS, FRONT_DOOR
+from bench.plan import COMBOS, FRONT_DOOR, PRESETS, REDIS_COMBOS
+
+TINY = PRESETS["tiny"].combos
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +37,8 @@ def test_bench_covers_every_combination_and_level(report):
     """Every combination has a paced summary at every level, with latency, CPU and memory figures."""
     data, _, _ = report
     summary = data["paced"]["summary"]
-    assert sorted(summary) == sorted(COMBOS)
-    for combo in COMBOS:
+    assert sorted(summary) == sorted(TINY) == sorted((*COMBOS, *REDIS_COMBOS))
+    for combo in TINY:
         assert sorted(summary[combo], key=int) == [str(n) for n in data["plan"]["levels"]]
         for cell in summary[combo].values():
             for key in ("added_p50_ms", "added_p99_ms", "relay_us_per_token", "relay_pct_core",
@@ -59,7 +65,7 @@ def test_bench_windows_record_references_and_noise(report):
 def test_bench_reports_ttft_burst_stop_and_goals(report):
     """TTFT, burst and stop are measured per combination, and every goal row carries a verdict."""
     data, _, _ = report
-    for combo in COMBOS:
+    for combo in TINY:
         assert data["ttft"]["routes"][combo]["n"] == data["plan"]["ttft_requests"]
         assert data["burst"][combo]["lost"] == 0
         assert data["stop"][combo]["n"] == data["plan"]["stop_streams"]
@@ -68,7 +74,7 @@ def test_bench_reports_ttft_burst_stop_and_goals(report):
     assert data["stop"][FRONT_DOOR]["stopped_by"] == "client close"  # the front door has no cancel by id
     assert data["stop"]["sse-sse"]["stopped_by"] == "cancel"
     goals = data["goals"]
-    assert len(goals) == 10
+    assert len(goals) == 14
     for goal in goals:
         assert goal["met"] in (True, False, None) and goal["target"] and goal["measured"]
         assert all(_number_or_none(v) for v in goal["values"].values())
@@ -97,3 +103,43 @@ def test_bench_includes_the_openai_front_door(report):
     markdown = (out / "tiny.md").read_text()
     assert f"| {FRONT_DOOR} | 2 |" in markdown and f"| {FRONT_DOOR} | sse-sse |" in markdown
     assert f"\n{FRONT_DOOR}  " in stdout and "OpenAI front door CPU per token" in stdout
+
+
+def test_bench_compares_the_redis_engine_with_the_memory_engine(report):
+    """Each X@redis is paired with X by repetition (extra latency, CPU ratio), its relay's CPU counts
+    redis-server's, and the Redis engine's goal rows carry a value for each."""
+    data, out, stdout = report
+    summary, pairs = data["paced"]["summary"], data["paced"]["engines"]
+    assert sorted(pairs) == sorted(REDIS_COMBOS)
+    for combo in REDIS_COMBOS:
+        cell = summary[combo][str(data["plan"]["levels"][0])]
+        assert cell["relay_us_per_token"]["median"] > cell["redis_us_per_token"]["median"] > 0
+        assert cell["redis_pct_core"]["median"] > 0
+        pair = pairs[combo][str(data["plan"]["levels"][0])]
+        assert pair["pairs"] == data["plan"]["reps"] and pair["redis"] == combo and pair["memory"] == combo[:-6]
+        assert _number_or_none(pair["extra_p50_ms"]["median"]) and pair["raw_ratio"]["median"] > 0
+    assert all(summary[c][str(data["plan"]["levels"][0])]["redis_pct_core"] is None for c in COMBOS)
+    rows = [g for g in data["goals"] if g["goal"].startswith(("Redis engine: added latency", "relay + Redis CPU"))]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(row["values"]) == set(REDIS_COMBOS) and row["met"] in (True, False)
+    markdown = (out / "tiny.md").read_text()
+    assert "Redis engine vs memory engine" in markdown and "| sse-sse@redis | 2 |" in markdown
+    assert "Redis engine vs memory engine" in stdout and "redis-server" in stdout
+
+
+def test_bench_runs_the_workers_phase(report):
+    """`matrix serve --workers 1` and `2` each deliver tokens, both workers of two take a share, the ratio is
+    paired by repetition, and the goal row reads it."""
+    data, out, stdout = report
+    workers, plan = data["workers"], data["plan"]
+    assert len(workers["runs"]) == plan["workers_reps"] * len(plan["workers"]) == 2
+    for run in workers["runs"]:
+        assert run["tokens_per_s"] > 0 and run["errors"] == 0, run["first_error"]
+        assert len(run["cpu_pct"]["per_worker"]) == run["workers"] and min(run["cpu_pct"]["per_worker"]) > 0
+        assert isinstance(run["saturated"], list)
+    assert workers["by_workers"]["2"]["ratio"]["median"] > 0 and workers["by_workers"]["1"]["ratio"] is None
+    row = next(g for g in data["goals"] if g["goal"].startswith("`matrix serve --workers N`"))
+    assert set(row["values"]) == {"--workers 2"} and row["met"] in (True, False)
+    assert "`matrix serve --workers N` at saturation" in (out / "tiny.md").read_text()
+    assert "× 1 worker" in stdout
