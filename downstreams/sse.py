@@ -66,14 +66,13 @@ async def follow(request: web.Request, stream: Stream, after: int,
     relay = request.app[RELAY]
     response = web.StreamResponse(headers=sse.HEADERS)
     watchdog = Watchdog.for_request(request, relay.settings.stream, ping=lambda: response.write(sse.PING))
-    await response.prepare(request)
     try:
-        with watchdog, relay.reader(stream, grace_s):
-            async for batch in stream.follow(after):
-                watchdog.writing = True
-                await response.write(frames(batch))
-                watchdog.writing = False
-                watchdog.writes += 1
+        # A reader from before the headers go out: a client that leaves while they do
+        # (ConnectionResetError) leaves like any other, and the grace timer decides.
+        with relay.reader(stream, grace_s):
+            await response.prepare(request)
+            with watchdog:
+                await _write(response, watchdog, stream.follow(after), frames)
     except (ConnectionError, asyncio.CancelledError) as exc:
         # The client left (aiohttp cancels the handler when its connection drops); the
         # relay's grace timer decides what happens upstream.
@@ -85,3 +84,11 @@ async def follow(request: web.Request, stream: Stream, after: int,
         if watchdog.gave_up:
             relay.metrics.slow_clients.labels(transport).inc()
     return response
+
+
+async def _write(response: web.StreamResponse, watchdog: Watchdog, batches, frames) -> None:
+    async for batch in batches:
+        watchdog.writing = True
+        await response.write(frames(batch))
+        watchdog.writing = False
+        watchdog.writes += 1

@@ -65,6 +65,12 @@ class Engine(Protocol):
         """The client `ticket` was issued to, once; None when it is unknown, used or expired."""
 
 
+def unattended_s(settings: Settings) -> float:
+    """How long a new stream may wait for its first reader: the starting client's request can
+    be cancelled between start and follow (it left), and then no reader ever leaves it."""
+    return settings.stream.disconnect_grace_s or 1.0
+
+
 def new_stream(settings: Settings, stream_id: str, upstream: str, combo: str, cls: type[Stream] = Stream) -> Stream:
     cfg = settings.stream
     return cls(stream_id, upstream, combo, merge_at=cfg.queue_size, max_events=cfg.replay_max_events)
@@ -115,6 +121,8 @@ class MemoryEngine:
         stream.owner = owner
         self.streams[stream_id] = stream
         self._readers[stream_id] = 0
+        self._grace[stream_id] = asyncio.get_running_loop().call_later(unattended_s(self.settings), self._stop,
+                                                                       stream_id)
         return stream, stream
 
     async def find(self, stream_id: str) -> Stream | None:

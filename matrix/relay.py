@@ -59,6 +59,11 @@ class Relay:
         if pinned and upstream.transport != pinned:
             raise RequestError(f"upstream {name!r} speaks {upstream.transport}, but this relay is pinned "
                                f"to {self.settings.server.combo}", code="combo_pinned", status=409)
+        # Shielded: a client that leaves now (aiohttp cancels its handler) must not leave a
+        # stream created in the engine without its pump; one nobody follows stops by itself.
+        return await asyncio.shield(self._open(chat, name, upstream, downstream, client))
+
+    async def _open(self, chat: ChatRequest, name: str, upstream: Upstream, downstream: str, client: str) -> Stream:
         stream_id = chat.stream_id or uuid.uuid4().hex
         await self.engine.admit(client, stream_id)
         try:

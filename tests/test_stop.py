@@ -127,3 +127,24 @@ async def test_stop_during_first_token_wait(relay_url, mock_url):
     assert end["type"] == "done" and end["reason"] == "cancelled"
     conn = await provider_connection(mock_url, tag, ended=True)
     assert conn["outcome"] == "client_closed" and conn["closed_at"] - stopped < STOP_BUDGET_S
+
+
+@pytest.mark.parametrize("down", ["sse", "ws"])
+async def test_client_gone_right_after_starting_stops_the_provider(make_relay, mock_url, down):
+    """A client that leaves before its first event (even before the answer's headers) is one
+    whose stream nobody follows: the provider is stopped after the grace, not run to the end."""
+    relay = await make_relay(disconnect_grace_s=0.3)
+    tag = uuid.uuid4().hex[:8]
+    body = json.dumps({**chat_body(f"gone\n#mock tokens=2000 interval_ms=20 tag={tag}", "openai"),
+                       "stream_id": tag})
+    if down == "sse":
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(f"POST /v1/chat/sse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        await writer.drain()
+        writer.close()  # gone before reading a byte
+    else:
+        async with websockets.connect(f"ws://127.0.0.1:{relay.port}/v1/chat/ws") as ws:
+            await ws.send(json.dumps({"type": "chat", **json.loads(body)}))
+    conn = await provider_connection(mock_url, tag, ended=True)
+    assert conn["outcome"] == "client_closed" and conn["tokens_sent"] < 1000

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.asyncio.retry import Retry
 
 from matrix.config import Settings
-from matrix.engine import Stop, new_stream
+from matrix.engine import Stop, new_stream, unattended_s
 from matrix.errors import EngineUnavailable, RelayLost, RequestError
 from matrix.events import TERMINAL, Error, Event, Start, decode, encode
 from matrix.limits import rate_limited, too_many_streams
@@ -200,6 +200,7 @@ class RedisEngine:
         source.owner = follow.owner = owner
         source.log, source.flushed, source.dead, source._mark = follow, 0, False, self._flusher.mark
         self._owned[stream_id] = source
+        self._start_grace(stream_id, unattended_s(self.settings))
         return source, follow
 
     async def find(self, stream_id: str) -> Stream | None:
