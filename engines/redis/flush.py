@@ -17,7 +17,7 @@ from matrix.stream import Stream
 class Source(Stream):
     """The stream a pump writes on its owning relay; `log` holds what Redis has, for readers here."""
 
-    __slots__ = ("log", "flushed", "dead", "_mark")
+    __slots__ = ("log", "flushed", "dead", "renew_at", "_mark")
 
     def push(self, text: str) -> None:
         Stream.push(self, text)

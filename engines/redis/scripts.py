@@ -5,19 +5,12 @@ outside `KEYS` only where a count has to be repaired (a crashed relay's stream),
 is why the engine wants one Redis (or a primary with replicas), not a Cluster.
 """
 
-# A per-stream entry id is 0-(seq+1): its second part is the next seq to write.
-_TOP = """
-local function next_seq(log)
-  local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-  if top[1] then return tonumber(string.match(top[1][1], '%-(%d+)$')) end
-  return 0
-end
-"""
+# A stream's entry ids are 0-(seq+1); its meta's `next` is the seq its writer writes next.
 
 # KEYS meta, log, my streams set. ARGV replica, owner, upstream, combo, start event, live ttl ms, stream id.
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'replica', ARGV[1], 'owner', ARGV[2], 'upstream', ARGV[3], 'combo', ARGV[4])
+redis.call('HSET', KEYS[1], 'replica', ARGV[1], 'owner', ARGV[2], 'upstream', ARGV[3], 'combo', ARGV[4], 'next', 1)
 redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
@@ -25,42 +18,61 @@ redis.call('SADD', KEYS[3], ARGV[7])
 return 1
 """
 
-# KEYS meta, log, readers. ARGV replica, live ttl ms, end ttl ms, maxlen, terminal (1/0), then id, event pairs.
+# Every stream a flush carries, in one call: KEYS meta, log, readers of each. ARGV replica,
+# live ttl ms, end ttl ms, maxlen, then per stream: event count, terminal (1/0), renew ttl
+# (1/0), and that many (entry id, event) pairs. Returns a status per stream.
 # The fence: only the replica named in meta writes, never after a terminal event (whoever
-# wrote it), and never the same seq twice (explicit ids; a retried write skips what landed).
-APPEND = _TOP + """
-local m = redis.call('HMGET', KEYS[1], 'replica', 'ended', 'cancel')
-if not m[1] then return 'gone' end
-if m[2] then return 'ended' end
-if m[1] ~= ARGV[1] then return 'fenced' end
-local after = next_seq(KEYS[2])
--- Events this writer sent before are missing (a failover lost them): never write around a hole.
-if tonumber(string.match(ARGV[6], '%-(%d+)$')) - 1 > after then return 'gone' end
-for i = 6, #ARGV, 2 do
-  if tonumber(string.match(ARGV[i], '%-(%d+)$')) > after then
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], ARGV[i], 'e', ARGV[i + 1])
+# wrote it), never the same seq twice (explicit ids; a retried write skips what landed),
+# and never around a hole (events it wrote before are gone: a failover lost them).
+APPEND = """
+local replica, live_ttl, end_ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out, a = {}, 5
+for k = 1, #KEYS, 3 do
+  local meta, log = KEYS[k], KEYS[k + 1]
+  local n, terminal, renew = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2]
+  local first = a + 3
+  a = first + 2 * n
+  local m = redis.call('HMGET', meta, 'replica', 'ended', 'cancel', 'next')
+  local status = 'ok'
+  if not m[1] then status = 'gone'
+  elseif m[2] then status = 'ended'
+  elseif m[1] ~= replica then status = 'fenced'
+  elseif tonumber(string.sub(ARGV[first], 3)) - 1 > tonumber(m[4]) then status = 'gone'
+  else
+    local after = tonumber(m[4])
+    for i = first, a - 1, 2 do
+      if tonumber(string.sub(ARGV[i], 3)) - 1 >= after then
+        redis.call('XADD', log, 'MAXLEN', maxlen, ARGV[i], 'e', ARGV[i + 1])
+      end
+    end
+    local ttl = nil
+    if terminal == '1' then
+      redis.call('HSET', meta, 'next', string.sub(ARGV[a - 2], 3), 'ended', '1')
+      ttl = end_ttl
+    else
+      redis.call('HSET', meta, 'next', string.sub(ARGV[a - 2], 3))
+      if renew == '1' then ttl = live_ttl end
+    end
+    if ttl then
+      for j = k, k + 2 do redis.call('PEXPIRE', KEYS[j], ttl) end
+    end
+    if m[3] then status = 'cancel' end
   end
+  out[#out + 1] = status
 end
-local ttl = ARGV[2]
-if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[1], 'ended', '1')
-  ttl = ARGV[3]
-end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
-if m[3] then return 'cancel' end
-return 'ok'
+return out
 """
 
 # KEYS meta, log. ARGV the dead replica, stream id, end ttl ms, message.
 # Returns the stream's owner (to release its limit) when this call wrote the terminal event.
-LOST = _TOP + """
-local m = redis.call('HMGET', KEYS[1], 'replica', 'ended', 'owner')
+LOST = """
+local m = redis.call('HMGET', KEYS[1], 'replica', 'ended', 'owner', 'next')
 if m[1] ~= ARGV[1] or m[2] then return false end
-local seq = next_seq(KEYS[2])
+local seq = tonumber(m[4])
 local event = cjson.encode({type = 'error', stream_id = ARGV[2], seq = seq, code = 'relay_lost',
                             message = ARGV[4], retryable = true})
 redis.call('XADD', KEYS[2], '0-' .. (seq + 1), 'e', event)
-redis.call('HSET', KEYS[1], 'ended', '1')
+redis.call('HSET', KEYS[1], 'ended', '1', 'next', seq + 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return m[3]
