@@ -97,7 +97,7 @@ class EngineConfig(BaseModel):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # may carry a password: "${REDIS_URL}"
     prefix: str = Field("matrix:", min_length=1, max_length=64)  # every key and channel starts with it
     owner_lease_s: float = Field(3.0, ge=0.2)  # a relay silent this long is dead: its streams end relay_lost
-    flush_interval_ms: float = Field(2.0, ge=0)  # at most one write per stream per interval; text between merges
+    flush_interval_ms: float = Field(1.0, ge=0)  # at most one Redis write per interval (all streams in it); text between merges
     timeout_s: float = Field(2.0, gt=0)  # Redis silent this long is unavailable: refuse, end live streams
 
     @field_validator("url", mode="before")

@@ -56,7 +56,7 @@ def toml_table(name: str, table: dict) -> str:
 
 def relay_config(port: int, redis_url: str, prefix: str, mock_url: str, stream: dict, extra: str) -> str:
     """One replica's matrix.toml: its own port, everything else the same on every replica."""
-    engine = {"kind": "redis", "url": redis_url, "prefix": prefix, "owner_lease_s": LEASE_S, "flush_interval_ms": 2}
+    engine = {"kind": "redis", "url": redis_url, "prefix": prefix, "owner_lease_s": LEASE_S, "flush_interval_ms": 1}
     upstreams = relay_upstreams(mock_url.removeprefix("http://"))
     return "\n".join([toml_table("server", {"host": "127.0.0.1", "port": port}), toml_table("stream", stream),
                       toml_table("engine", engine),

@@ -70,6 +70,8 @@ class RedisEngine:
         self._block_ms = int(min(1000, self.config.timeout_s * 500))
         tail_conn = Redis.from_url(url, single_connection_client=True, retry=Retry(NoBackoff(), 0), **timeouts)
         self._tail = Tail(tail_conn, self.redis, self._block_ms, self._trouble, self._healthy)
+        # The flusher's own connection: one write in flight at a time, no pool to wait on per write.
+        self._writer = Redis.from_url(url, single_connection_client=True, retry=Retry(NoBackoff(), 1), **timeouts)
         self._flusher = Flusher(self._append, self._settle, self.config.flush_interval_ms / 1000, self._trouble)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -106,6 +108,7 @@ class RedisEngine:
                 pass
         # Otherwise the lease runs out, and another relay ends what we could not, with relay_lost.
         await self._tail.aclose()
+        await self._writer.aclose()
         await self.redis.aclose(close_connection_pool=True)
 
     def _spawn(self, coro) -> None:
@@ -267,7 +270,7 @@ class RedisEngine:
             args += (len(events), "1" if events[-1].__class__ in TERMINAL else "0", "1" if renew else "0")
             for ev in events:
                 args += (entry_id(ev.seq), encode(ev))
-        results = await self._eval("APPEND", keys, args)
+        results = await self._eval("APPEND", keys, args, self._writer)
         self._healthy()
         return results
 
