@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.asyncio.retry import Retry
 
 from matrix.config import Settings
@@ -31,6 +31,7 @@ from .flush import Flusher, Source
 from .keys import Keys, entry_id
 from .redis_errors import REDIS_ERRORS
 from .tail import Tail
+from .wire import Wire
 
 log = logging.getLogger("matrix.engine")
 LIVE_TTL_MS = 3_600_000  # a live stream's keys outlive a whole cluster's crash by at most an hour
@@ -70,8 +71,7 @@ class RedisEngine:
         self._block_ms = int(min(1000, self.config.timeout_s * 500))
         tail_conn = Redis.from_url(url, single_connection_client=True, retry=Retry(NoBackoff(), 0), **timeouts)
         self._tail = Tail(tail_conn, self.redis, self._block_ms, self._trouble, self._healthy)
-        # The flusher's own connection: one write in flight at a time, no pool to wait on per write.
-        self._writer = Redis.from_url(url, single_connection_client=True, retry=Retry(NoBackoff(), 1), **timeouts)
+        self._writer = Wire(url, self.config.timeout_s, f"matrix-{self.replica}")  # the flusher's, lean
         self._flusher = Flusher(self._append, self._settle, self.config.flush_interval_ms / 1000, self._trouble)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -108,7 +108,7 @@ class RedisEngine:
                 pass
         # Otherwise the lease runs out, and another relay ends what we could not, with relay_lost.
         await self._tail.aclose()
-        await self._writer.aclose()
+        self._writer.close()
         await self.redis.aclose(close_connection_pool=True)
 
     def _spawn(self, coro) -> None:
@@ -151,16 +151,15 @@ class RedisEngine:
             raise EngineUnavailable(f"the stream engine is unavailable ({self.ready()}); retry shortly") from None
         return result
 
-    async def _eval(self, name: str, keys: list[str], args: list, client=None):
-        client = client or self.redis
+    async def _eval(self, name: str, keys: list[str], args: list):
         source = getattr(scripts, name)
         if name not in self._shas:
             self._shas[name] = await self.redis.script_load(source)
         try:
-            return await client.evalsha(self._shas[name], len(keys), *keys, *args)
+            return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted: its script cache is empty
             self._shas[name] = await self.redis.script_load(source)
-            return await client.evalsha(self._shas[name], len(keys), *keys, *args)
+            return await self.redis.evalsha(self._shas[name], len(keys), *keys, *args)
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -270,7 +269,15 @@ class RedisEngine:
             args += (len(events), "1" if events[-1].__class__ in TERMINAL else "0", "1" if renew else "0")
             for ev in events:
                 args += (entry_id(ev.seq), encode(ev))
-        results = await self._eval("APPEND", keys, args, self._writer)
+        if "APPEND" not in self._shas:
+            self._shas["APPEND"] = await self.redis.script_load(scripts.APPEND)
+        try:
+            results = await self._writer.call("EVALSHA", self._shas["APPEND"], len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            del self._shas["APPEND"]  # Redis restarted: load it again, write again (what landed is skipped)
+            return await self._append(work)
         self._healthy()
         return results
 
