@@ -1,9 +1,11 @@
-"""The fence: an owner that was only paused past its lease comes back to find its stream ended, and writes nothing after."""
+"""The Redis engine's edges: a paused owner fenced off after relay_lost, and a relay that cannot start exiting cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import sys
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from matrix.events import TERMINAL, decode
 
 from clients import TIMEOUT, assert_well_formed, chat_body, read_some
 from cluster import LEASE_S, cluster
+from redisd import redis_server
 from test_cluster import SSE_UP, long_prompt, new_id, progressed, quietly
 from test_stop import provider_connection
 
@@ -58,3 +61,24 @@ async def test_paused_owner_is_fenced_off_after_relay_lost(pair, mock_url):
         for base in (a, b):  # the owner, too, now shows the end the other relay wrote
             status = (await http.get(f"{base}/v1/streams/{tag}")).json()
             assert status["finished"] is True and status["end"] == events[-1], (base, status)
+
+
+async def test_relay_that_cannot_bind_exits_instead_of_hanging(tmp_path):
+    """Its engine's loops started before the bind failed: they end with the process, which exits 1."""
+    async with redis_server(tmp_path) as server:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            config = tmp_path / "matrix.toml"
+            config.write_text(f'[server]\nport = {taken.getsockname()[1]}\n'
+                              f'[engine]\nkind = "redis"\nurl = "{server.url}"\n')
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "matrix", "serve", "--config",
+                                                        str(config), stderr=asyncio.subprocess.PIPE,
+                                                        stdout=asyncio.subprocess.DEVNULL)
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    assert proc.returncode == 1 and b"address already in use" in err

@@ -29,7 +29,7 @@ from matrix.stream import Stream
 from . import scripts
 from .flush import Flusher, Source
 from .keys import Keys, entry_id
-from .redis_errors import REDIS_ERRORS
+from .redis_errors import REDIS_ERRORS, cancel_requested, unless_cancelled
 from .tail import Tail
 from .wire import Wire
 
@@ -374,7 +374,7 @@ class RedisEngine:
     async def _sync_loop(self) -> None:
         """Publish this relay's reader counts, and tell owners when their stream has no reader here."""
         k = self.keys
-        while not self._closing:
+        while not self._closing and not cancel_requested():
             await self._sync_wake.wait()
             self._sync_wake.clear()
             batch, self._sync = self._sync, {}
@@ -391,6 +391,7 @@ class RedisEngine:
                     await pipe.execute()
                 self._healthy()
             except Exception as exc:  # noqa: BLE001  a background loop must not die
+                unless_cancelled(exc)
                 self._trouble(exc)
                 for sid, grace in batch.items():
                     self._sync.setdefault(sid, grace)
@@ -400,16 +401,17 @@ class RedisEngine:
     # -- stop messages ----------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        while not self._closing:
+        while not self._closing and not cancel_requested():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.stop_channel)
                 self._recheck_cancels = True  # a stop sent while we were not subscribed is in the flag
-                while not self._closing:
+                while not self._closing and not cancel_requested():
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_message(message["data"].decode())
             except Exception as exc:  # noqa: BLE001  a background loop must not die
+                unless_cancelled(exc)
                 self._trouble(exc)
                 await asyncio.sleep(0.2)
             finally:
@@ -438,7 +440,7 @@ class RedisEngine:
     async def _lease_loop(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.config.owner_lease_s / 4
-        while not self._closing:
+        while not self._closing and not cancel_requested():
             try:
                 for dead in await self._lease():
                     await self._reap(dead)
@@ -448,6 +450,7 @@ class RedisEngine:
                 if self._recheck_cancels:
                     await self._check_cancels()
             except Exception as exc:  # noqa: BLE001  a background loop must not die
+                unless_cancelled(exc)
                 self._trouble(exc)
             if self._down_since is not None and loop.time() - self._down_since > self.config.timeout_s:
                 self._end_everything()

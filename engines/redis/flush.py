@@ -12,6 +12,8 @@ from typing import Awaitable, Callable
 from matrix.events import Event
 from matrix.stream import Stream
 
+from .redis_errors import cancel_requested, unless_cancelled
+
 
 
 class Source(Stream):
@@ -53,7 +55,7 @@ class Flusher:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.05
-        while not self.closing:
+        while not self.closing and not cancel_requested():
             await self._wake.wait()
             self._wake.clear()
             self._idle.clear()
@@ -64,6 +66,7 @@ class Flusher:
                 try:
                     results = await self._append(work)
                 except Exception as exc:  # noqa: BLE001  Redis down, or an error reply: retry, never die
+                    unless_cancelled(exc)
                     self._trouble(exc)
                     for source, _ in work:  # nothing is lost: the same events (and newer) go next time
                         self._dirty.setdefault(source.id, source)

@@ -14,7 +14,7 @@ from matrix.errors import StreamNotFound
 from matrix.events import Error, decode
 from matrix.stream import Stream
 
-from .redis_errors import REDIS_ERRORS
+from .redis_errors import REDIS_ERRORS, cancel_requested, unless_cancelled
 
 
 class Tail:
@@ -59,7 +59,7 @@ class Tail:
             self._kicker = None
 
     async def run(self) -> None:
-        while not self.closing:
+        while not self.closing and not cancel_requested():
             if not self._logs:
                 self._wake.clear()
                 await self._wake.wait()
@@ -72,6 +72,7 @@ class Tail:
                 self._blocked = True
                 reply = await self._conn.xread(wanted, count=1000, block=self._block_ms)
             except Exception as exc:  # noqa: BLE001  Redis down, or an error reply: retry, never die
+                unless_cancelled(exc)
                 self._client_id = None  # a new connection has a new id
                 self._trouble(exc)
                 await asyncio.sleep(0.1)
