@@ -33,7 +33,7 @@ browser: system
 test: $(STAMP) system
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) system  # the workers phase and @redis combinations run a redis-server
 	$(BIN)/matrix bench
 
 clean:
