@@ -72,7 +72,11 @@ async def follow(request: web.Request, stream: Stream, after: int,
         with relay.reader(stream, grace_s):
             await response.prepare(request)
             with watchdog:
-                await _write(response, watchdog, stream.follow(after), frames)
+                def direct(batch: list[Event]) -> int:  # in the provider's pass, when the client keeps up
+                    return len(batch) if watchdog.send_now(response.write, frames(batch)) else 0
+
+                async for batch in stream.follow(after, direct):
+                    await watchdog.send(response.write(frames(batch)))
     except (ConnectionError, asyncio.CancelledError) as exc:
         # The client left (aiohttp cancels the handler when its connection drops); the
         # relay's grace timer decides what happens upstream.
@@ -80,15 +84,5 @@ async def follow(request: web.Request, stream: Stream, after: int,
         if isinstance(exc, asyncio.CancelledError):
             raise
     finally:
-        relay.metrics.heartbeats.inc(watchdog.pings)
-        if watchdog.gave_up:
-            relay.metrics.slow_clients.labels(transport).inc()
+        relay.metrics.connection_closed(watchdog, transport)
     return response
-
-
-async def _write(response: web.StreamResponse, watchdog: Watchdog, batches, frames) -> None:
-    async for batch in batches:
-        watchdog.writing = True
-        await response.write(frames(batch))
-        watchdog.writing = False
-        watchdog.writes += 1

@@ -47,8 +47,7 @@ async def chat(request: web.Request) -> web.WebSocketResponse:
                                                      code="unsupported_frame"))
     finally:
         await socket.close()
-        if socket.watchdog.gave_up:
-            relay.metrics.slow_clients.labels("ws").inc()
+        relay.metrics.connection_closed(socket.watchdog, "ws")
         event(log, "ws close", client=request[CLIENT], code=ws.close_code, slow=socket.watchdog.gave_up)
     return ws
 
@@ -106,18 +105,22 @@ class Socket:
     async def _deliver(self, stream: Stream, after: int) -> None:
         try:
             with self.relay.reader(stream):
-                async for batch in stream.follow(after):
+                async for batch in stream.follow(after, self._send_now):
                     for event in batch:
                         await self._send(encode(event))
         except ConnectionError:
             pass  # the socket is gone; close() ends the other followers
 
+    def _send_now(self, batch: list) -> int:
+        """In the provider's pass: the events the socket takes at once (stream.follow's `direct`)."""
+        for taken, event in enumerate(batch):
+            if not self.watchdog.send_now(self.ws.send_frame, encode(event), WSMsgType.TEXT):
+                return taken
+        return len(batch)
+
     async def _send(self, data: bytes) -> None:
-        watchdog = self.watchdog
-        watchdog.writing = True
-        await self.ws.send_frame(data, WSMsgType.TEXT)  # already UTF-8 JSON: no decode and re-encode
-        watchdog.writing = False
-        watchdog.writes += 1
+        # Already UTF-8 JSON: no decode and re-encode.
+        await self.watchdog.send(self.ws.send_frame(data, WSMsgType.TEXT))
 
     async def close(self) -> None:
         for task in self.followers:

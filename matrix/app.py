@@ -37,7 +37,8 @@ async def errors_as_json(request: web.Request, handler):
         return await handler(request)
     except MatrixError as exc:
         request.app[RELAY].metrics.refusals.labels(exc.code).inc()
-        return web.json_response(exc.body(), status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+        return web.json_response(exc.body(), status=exc.status, headers=headers)
     except web.HTTPException as exc:  # the router's 404/405 and aiohttp's own refusals: same shape
         if exc.status < 400:
             raise
@@ -86,8 +87,13 @@ def create_app(settings: Settings) -> web.Application:
 
     async def open_engine(app: web.Application) -> None:
         await relay.engine.open()
+        relay.shedder.start()
+
+    async def stop_shedder(app: web.Application) -> None:
+        relay.shedder.stop()
 
     app.on_startup.append(open_engine)
+    app.on_cleanup.append(stop_shedder)
     app.on_shutdown.append(drain)
     return app
 
@@ -126,14 +132,17 @@ async def list_upstreams(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: 200 while the process serves at all, overloaded or not (that is /readyz's business)."""
     relay = request.app[RELAY]
     # pid: which process answered, where several relays share a port (--workers)
-    return web.json_response({"status": "ok", "streams": relay.engine.local_streams, "pid": os.getpid()})
+    return web.json_response({"status": "ok", "streams": relay.engine.local_streams, "pid": os.getpid(),
+                              "loop_lag_ms": round(relay.shedder.lag_s * 1000, 1)})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """For load balancers: 503 while this relay cannot start streams (its engine is unreachable)."""
-    reason = request.app[RELAY].engine.ready()
+    """For load balancers: 503 while this relay cannot start streams (engine unreachable, or shedding load)."""
+    relay = request.app[RELAY]
+    reason = relay.engine.ready() or relay.shedder.reason()
     if reason is None:
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "not_ready", "reason": reason}, status=503)

@@ -87,6 +87,10 @@ class LimitsConfig(BaseModel):
     max_streams_per_client: int = Field(64, gt=0)  # live streams per API key, or per IP without auth
     starts_per_minute: float = Field(600, gt=0)  # token bucket per API key / IP
     burst: int = Field(60, gt=0)
+    # Load shedding (matrix/overload.py): past either, new streams get 503 `overloaded` and /readyz 503.
+    max_active_streams: int = Field(0, ge=0)  # live provider connections on this relay; 0: no limit
+    max_loop_lag_ms: float = Field(200, ge=0)  # the event loop behind by this much, sustained; 0: off
+    overload_retry_after_s: int = Field(1, ge=0)  # the refusal's Retry-After
 
 
 class EngineConfig(BaseModel):

@@ -10,6 +10,7 @@
     │   ├── UpstreamRejected         the vendor refused the request (auth, audit, quota...)
     │   ├── UpstreamTimeout          no data for upstream_idle_timeout_s
     │   └── UpstreamProtocolError    malformed frame, or the stream ended without its end marker
+    ├── Overloaded                   this relay sheds load (503, Retry-After); try again, maybe elsewhere
     └── ShuttingDown                 the relay is draining; try again elsewhere
 
 Foreign exceptions are translated once, at the transport boundary, with
@@ -23,11 +24,15 @@ class MatrixError(Exception):
     code = "internal"
     status = 500
     retryable = False
+    retry_after_s: int | None = None  # an HTTP refusal's Retry-After, when the relay knows one
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
-                 retryable: bool | None = None, upstream_code: str | None = None, param: str | None = None) -> None:
+                 retryable: bool | None = None, upstream_code: str | None = None, param: str | None = None,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
         if code is not None:
             self.code = code
         if status is not None:
@@ -109,6 +114,14 @@ class RelayLost(MatrixError):
 
     code = "relay_lost"
     status = 502
+    retryable = True
+
+
+class Overloaded(MatrixError):
+    """New streams are refused while this relay is over `[limits] max_active_streams` or `max_loop_lag_ms`."""
+
+    code = "overloaded"
+    status = 503
     retryable = True
 
 

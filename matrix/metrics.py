@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .events import Done, Error
 from .identity import authenticated
 from .stream import Stream
+
+if TYPE_CHECKING:
+    from .delivery import Watchdog
+    from .overload import Shedder
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -35,6 +41,9 @@ class Metrics:
         self.resumes = Counter("matrix_resumes_total", "Streams resumed after a seq", ["transport"], registry=r)
         self.heartbeats = Counter("matrix_heartbeats_sent_total", "Keep-alives sent to idle SSE clients",
                                   registry=r)
+        self.client_writes = Counter("matrix_client_writes_total", "Writes to clients: `direct` in the provider "
+                                     "data's own loop pass, `awaited` by the reader's task (transport busy, "
+                                     "catching up, heartbeats)", ["path"], registry=r)
         self.slow_clients = Counter("matrix_slow_client_disconnects_total",
                                     "Clients dropped for taking nothing for send_timeout_s", ["transport"], registry=r)
         self.client_streams = Counter("matrix_client_streams_started_total",
@@ -42,6 +51,21 @@ class Metrics:
                                       ["client"], registry=r)
         self.refusals = Counter("matrix_requests_refused_total", "Requests refused before a stream, by code",
                                 ["code"], registry=r)
+
+    def watch_load(self, shedder: Shedder) -> None:
+        """Gauges read when scraped: nothing is done per tick or per stream for them."""
+        Gauge("matrix_event_loop_lag_seconds", "How late the event loop ran its latest 20 ms tick",
+              registry=self.registry).set_function(lambda: shedder.lag_s)
+        Gauge("matrix_overloaded", "1 while new streams are refused with 503 overloaded",
+              registry=self.registry).set_function(lambda: float(shedder.reason() is not None))
+
+    def connection_closed(self, watchdog: Watchdog, transport: str) -> None:
+        """A client connection's counts, added once when it closes."""
+        self.heartbeats.inc(watchdog.pings)
+        self.client_writes.labels("direct").inc(watchdog.direct)
+        self.client_writes.labels("awaited").inc(watchdog.writes - watchdog.direct - watchdog.pings)
+        if watchdog.gave_up:
+            self.slow_clients.labels(transport).inc()
 
     def stream_started(self, stream: Stream) -> None:
         self.active.labels(stream.combo, stream.upstream).inc()

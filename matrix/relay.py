@@ -24,6 +24,8 @@ from .limits import check_request
 from .engine import Engine, MemoryEngine
 from .logs import event
 from .metrics import Metrics
+from .overload import Shedder
+from .passes import EachPass
 from .request import ChatRequest
 from .stream import Stream
 from .provider import Finish, Upstream
@@ -40,6 +42,8 @@ class Relay:
         self._pumps: dict[str, asyncio.Task] = {}
         self._stopping = False
         self.metrics = Metrics()
+        self.shedder = Shedder(settings.limits, lambda: len(self._pumps))
+        self.metrics.watch_load(self.shedder)
 
     # -- starting and stopping --------------------------------------------------------
 
@@ -49,6 +53,7 @@ class Relay:
         Returns the log its readers follow."""
         if self._stopping:
             raise ShuttingDown("the relay is shutting down")
+        self.shedder.check()  # first: a refusal under overload must cost next to nothing
         check_request(chat, self.settings.limits)
         name = chat.upstream or self.settings.default_upstream()
         upstream = self.upstreams.get(name)
@@ -165,11 +170,12 @@ class Relay:
 
     @staticmethod
     async def _relay_once(stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
-        push = stream.push
+        add = stream.add
         async with upstream.open(chat, stream.trace if chat.trace else None) as items:
-            async for item in items:
+            # Readers hear once per loop pass, of all the text that pass brought (matrix/passes.py).
+            async for item in EachPass(items, stream.announce):
                 if item.__class__ is str:
-                    push(item)
+                    add(item)
                 else:
                     assert isinstance(item, Finish)
                     stream.finish(item.reason, item.usage)

@@ -7,12 +7,17 @@ thus sees one delta per provider token; a slow reader sees fewer, larger deltas,
 memory a stream holds is its answer text plus the bounded replay log, whatever the
 reader's speed. Readers name the last `seq` they have, so the same log serves the
 first connection, a resume after a drop, and several readers at once, exactly once.
+
+A reader idle at the head of the log may take new events in the writer's own loop pass
+(`follow(direct=...)`): the event goes from the provider's socket to the client's in one
+pass, with no task to wake. When its client's transport cannot take them at once, the
+reader falls back to its task, where merging and flow control work as above.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from .errors import MatrixError, RequestError, ResumeGap
 from .events import TERMINAL, Delta, Done, Error, Event, Start, Trace
@@ -21,7 +26,7 @@ from .events import TERMINAL, Delta, Done, Error, Event, Start, Trace
 class Stream:
     __slots__ = ("id", "upstream", "combo", "_merge_at", "_max_events", "_events", "_first_seq", "_next_seq",
                  "_pending", "_terminal", "_waiters", "has_text", "pieces", "first_text_at", "started_at",
-                 "owner")  # no per-stream __dict__: idle streams are the memory budget
+                 "owner", "_direct")  # no per-stream __dict__: idle streams are the memory budget
 
     def __init__(self, stream_id: str, upstream: str, combo: str, *,
                  merge_at: int = 256, max_events: int = 100_000) -> None:
@@ -36,6 +41,7 @@ class Stream:
         self._pending: list[str] = []
         self._terminal: Event | None = None
         self._waiters: list[asyncio.Future] = []
+        self._direct: list[_Direct] = []  # idle readers that take events in the writer's pass
         self.has_text = False  # text came from the provider: a retry could duplicate it
         self.pieces = 0  # provider text pieces, for metrics: counted here, observed once at the end
         self.first_text_at: float | None = None
@@ -62,12 +68,23 @@ class Stream:
             self._append(event)
             if isinstance(event, TERMINAL):
                 self._terminal = event
-        if self._waiters:
+        if self._waiters or self._direct:
             self._wake()
 
     # -- writer side (the upstream pump) --------------------------------------------
 
     def push(self, text: str) -> None:
+        """Add a piece of text and tell the readers."""
+        self.add(text)
+        self.announce()
+
+    def announce(self) -> None:
+        """Tell the readers about the text added since: the pump calls it once per loop pass."""
+        if self._waiters or self._direct:
+            self._wake()
+
+    def add(self, text: str) -> None:
+        """Add a piece of text; readers hear of it at the next `announce`."""
         if not text or self._terminal is not None:
             return
         if not self.has_text:
@@ -78,8 +95,6 @@ class Stream:
         pending.append(text)
         if len(pending) > self._merge_at:  # keep a long backlog one string, not 10^5 objects
             self._pending = ["".join(pending)]
-        if self._waiters:
-            self._wake()
 
     def trace(self, direction: str, data: str) -> None:
         """Log a raw provider frame in order with the text it carries (opt-in, for learners)."""
@@ -130,8 +145,13 @@ class Stream:
                             f"(oldest is {self._first_seq})")
         return self._events[start:] if start < len(self._events) else []
 
-    async def follow(self, after: int = -1) -> AsyncIterator[list[Event]]:
-        """Batches of events after `after`, as they come, ending with the terminal event."""
+    async def follow(self, after: int = -1, direct: Deliver | None = None) -> AsyncIterator[list[Event]]:
+        """Batches of events after `after`, as they come, ending with the terminal event.
+
+        With `direct`, events that come while this reader waits are first offered to
+        `direct(batch)`, in the writer's pass; it returns how many it delivered, and the
+        rest (none, when the client's transport is busy) come through this iterator.
+        """
         loop = asyncio.get_running_loop()
         while True:
             batch = self.read(after)
@@ -144,13 +164,18 @@ class Stream:
             if self._terminal is not None:  # resumed after the end: nothing more will come
                 return
             waiter = loop.create_future()
-            self._waiters.append(waiter)
+            reader = None if direct is None else _Direct(after, direct, waiter)
+            waiting: list = self._waiters if reader is None else self._direct
+            waiting.append(waiter if reader is None else reader)
             try:
                 await waiter
             except asyncio.CancelledError:
-                if waiter in self._waiters:  # leave no stale waiter behind
-                    self._waiters.remove(waiter)
+                entry = waiter if reader is None else reader
+                if entry in waiting:  # leave no stale waiter behind
+                    waiting.remove(entry)
                 raise
+            if reader is not None:
+                after = reader.after  # what it delivered directly is not read again
 
     # -- internals -------------------------------------------------------------------
 
@@ -170,7 +195,39 @@ class Stream:
             self._first_seq += drop
 
     def _wake(self) -> None:
+        if self._direct:
+            self._offer()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _offer(self) -> None:
+        """Hand new events to the direct readers; wake the ones that could not take them all."""
+        readers, self._direct = self._direct, []
+        for reader in readers:
+            try:
+                batch = self.read(reader.after)
+                taken = reader.deliver(batch) if batch else 0
+            except Exception:  # one reader's trouble is its task's to report, not the writer's
+                batch, taken = [None], 0
+            if taken:
+                reader.after = batch[taken - 1].seq
+            if taken == len(batch) and self._terminal is None:
+                self._direct.append(reader)  # still idle at the head: it stays direct
+            elif not reader.waiter.done():
+                reader.waiter.set_result(None)
+
+
+Deliver = Callable[[list[Event]], int]
+
+
+class _Direct:
+    """A reader waiting at the head of the log that can take events without its task."""
+
+    __slots__ = ("after", "deliver", "waiter")
+
+    def __init__(self, after: int, deliver: Deliver, waiter: asyncio.Future) -> None:
+        self.after = after
+        self.deliver = deliver
+        self.waiter = waiter

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from matrix.app import create_app
-from matrix.config import EngineConfig, ServerConfig, Settings, StreamConfig
+from matrix.config import EngineConfig, LimitsConfig, ServerConfig, Settings, StreamConfig
 from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
 from redisd import redis_server
@@ -40,8 +40,8 @@ async def engine_config(engine, tmp_path):
 @pytest.fixture
 def make_relay(engine_config, aiohttp_server, mock):  # engine first: Redis outlives the relays' shutdown
     """Start a relay on the mock with stream/server settings overridden per test."""
-    async def make(server: dict | None = None, **stream):
-        settings = Settings(server=ServerConfig(**(server or {})),
+    async def make(server: dict | None = None, limits: dict | None = None, **stream):
+        settings = Settings(server=ServerConfig(**(server or {})), limits=LimitsConfig(**(limits or {})),
                             stream=StreamConfig(**{**TEST_STREAM, **stream}), engine=engine_config,
                             upstreams=relay_upstreams(f"127.0.0.1:{mock.port}"))
         return await aiohttp_server(create_app(settings))

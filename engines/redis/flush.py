@@ -21,8 +21,8 @@ class Source(Stream):
 
     __slots__ = ("log", "flushed", "dead", "renew_at", "_mark")
 
-    def push(self, text: str) -> None:
-        Stream.push(self, text)
+    def announce(self) -> None:  # the pump's text of one loop pass
+        Stream.announce(self)
         self._mark(self)
 
     def _wake(self) -> None:  # a trace, the terminal event
