@@ -1,8 +1,10 @@
 """The upstream seam: what a provider transport hands the relay.
 
 `Upstream.open(chat, tap)` is an async context manager that connects (handshake included)
-and yields an async iterator of items: a `str` is a piece of answer text, a `Finish`
-ends the answer. Provider failures raise `UpstreamError`; leaving the context closes the
+and yields an async iterator of batches of items, one batch per network read (SSE) or
+message (WebSocket) that carried any: a `str` is a piece of answer text, a `Finish`
+ends the answer. The relay tells readers once per batch, so the pieces of one read reach
+a client in one write. Provider failures raise `UpstreamError`; leaving the context closes the
 provider connection on every exit path. `tap`, when given, is called with ("out", frame)
 for what is sent and ("in", raw) for what is received, for tracing.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Protocol, Union
+from typing import AsyncIterator, Callable, Protocol, Sequence, Union
 
 from .request import ChatRequest
 
@@ -32,6 +34,7 @@ class Upstream(Protocol):
     transport: str  # "sse" or "ws"
     network: dict  # for `GET /v1/upstreams`: TLS settings and the proxy in use, no credentials
 
-    def open(self, chat: ChatRequest, tap: Tap | None = None) -> AbstractAsyncContextManager[AsyncIterator[Item]]: ...
+    def open(self, chat: ChatRequest,
+             tap: Tap | None = None) -> AbstractAsyncContextManager[AsyncIterator[Sequence[Item]]]: ...
 
     async def aclose(self) -> None: ...

@@ -24,8 +24,8 @@ from .limits import check_request
 from .engine import Engine, MemoryEngine
 from .logs import event
 from .metrics import Metrics
-from .overload import Shedder
 from .passes import EachPass
+from .overload import Shedder
 from .request import ChatRequest
 from .stream import Stream
 from .provider import Finish, Upstream
@@ -171,15 +171,16 @@ class Relay:
     @staticmethod
     async def _relay_once(stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
         add = stream.add
-        async with upstream.open(chat, stream.trace if chat.trace else None) as items:
+        async with upstream.open(chat, stream.trace if chat.trace else None) as batches:
             # Readers hear once per loop pass, of all the text that pass brought (matrix/passes.py).
-            async for item in EachPass(items, stream.announce):
-                if item.__class__ is str:
-                    add(item)
-                else:
-                    assert isinstance(item, Finish)
-                    stream.finish(item.reason, item.usage)
-                    return
+            async for batch in EachPass(batches, stream.announce):
+                for item in batch:
+                    if item.__class__ is str:
+                        add(item)
+                    else:
+                        assert isinstance(item, Finish)
+                        stream.finish(item.reason, item.usage)
+                        return
         raise UpstreamProtocolError(f"{upstream.name}: the provider stream ended without its end marker")
 
     # -- shutdown ---------------------------------------------------------------------

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager, suppress
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import aiohttp
 
 from matrix.config import StreamConfig, UpstreamConfig
 from matrix.idle import IdleTimeout
-from matrix.errors import UpstreamProtocolError, UpstreamTimeout
+from matrix.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from matrix.request import ChatRequest
 from matrix.sse import Decoder
 from matrix.provider import Item, Tap
@@ -55,7 +55,7 @@ class SSEUpstream:
         return self._session
 
     @asynccontextmanager
-    async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Item]]:
+    async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Sequence[Item]]]:
         dialect = self._dialect_cls(self.config)
         url, headers, body = dialect.http_request(chat)
         if tap:
@@ -92,7 +92,7 @@ class SSEUpstream:
                 response.close()  # stopped early: close so the provider stops generating
 
     async def _items(self, response: aiohttp.ClientResponse, dialect, finished: list[bool],
-                     tap: Tap | None) -> AsyncIterator[Item]:
+                     tap: Tap | None) -> AsyncIterator[Sequence[Item]]:
         decoder = Decoder()
         parse = dialect.parse
         try:
@@ -101,19 +101,26 @@ class SSEUpstream:
                     timer.ticks += 1
                     if tap:  # each network read as it came, splits included
                         tap("in", chunk.decode("utf-8", "backslashreplace"))
-                    for event in decoder.feed(chunk):
-                        for item in parse(event.event, event.data):
-                            if item.__class__ is not str:
-                                finished.append(True)
-                            yield item
+                    batch: list[Item] = []
+                    try:
+                        for event in decoder.feed(chunk):
+                            batch += parse(event.event, event.data)
+                    except UpstreamError:  # the text before a provider's error event still goes out
+                        if batch:
+                            yield batch
+                        raise
+                    if batch:
+                        if any(item.__class__ is not str for item in batch):
+                            finished.append(True)
+                        yield batch
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no data for {self._idle_timeout:g}s") from exc
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamProtocolError(f"{self.name}: the provider broke off the response body") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamProtocolError(f"{self.name}: connection lost: {type(exc).__name__}") from exc
-        for item in dialect.eof():
-            yield item
+        if tail := dialect.eof():
+            yield tail
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -11,7 +11,7 @@ import functools
 import logging
 import ssl
 from contextlib import asynccontextmanager, suppress
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -52,7 +52,7 @@ class WSUpstream:
         self._proxy = route.url_with_credentials() if route else None
 
     @asynccontextmanager
-    async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Item]]:
+    async def open(self, chat: ChatRequest, tap: Tap | None = None) -> AsyncIterator[AsyncIterator[Sequence[Item]]]:
         dialect = self._dialect_cls(self.config)
         lost: list[BaseException] = []
         url, headers = dialect.ws_handshake()
@@ -96,7 +96,7 @@ class WSUpstream:
                     await asyncio.wait_for(ws.send(goodbye), timeout=0.1)
             await ws.close()
 
-    async def _items(self, ws, dialect, finished: list[bool], tap: Tap | None) -> AsyncIterator[Item]:
+    async def _items(self, ws, dialect, finished: list[bool], tap: Tap | None) -> AsyncIterator[Sequence[Item]]:
         parse = dialect.parse
         idle = self._idle_timeout
         try:
@@ -105,20 +105,20 @@ class WSUpstream:
                     timer.ticks += 1
                     if tap:
                         tap("in", message if isinstance(message, str) else message.decode("utf-8", "replace"))
-                    for item in parse(message):
-                        if item.__class__ is not str:
+                    if batch := parse(message):
+                        if any(item.__class__ is not str for item in batch):
                             finished.append(True)
-                        yield item
-                        if item.__class__ is not str:
+                            yield batch
                             return
+                        yield batch
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no data for {idle:g}s") from exc
         except ConnectionClosedError as exc:
             code = exc.rcvd.code if exc.rcvd else 1006
             raise UpstreamProtocolError(f"{self.name}: connection closed abnormally ({code}) "
                                         f"before the last frame") from exc
-        for item in dialect.eof():
-            yield item
+        if tail := dialect.eof():
+            yield tail
 
     async def aclose(self) -> None:
         return None
