@@ -127,7 +127,7 @@ def _record(combo: str, level: int, rep: int, sides: dict, meter: Meter, rss: di
     return {
         "combo": combo, "level": level, "rep": rep, "seconds": round(seconds, 3),
         "relay": sides["relay"], "direct": sides["direct"], "nginx": sides["nginx"],
-        "added": {p: _minus(sides["relay"], sides["direct"], p) for p in ("p50", "p99")},
+        "added": {p: _minus(sides["relay"], sides["direct"], p) for p in ("p50", "p99", "p99.9")},
         "nginx_added": {p: _minus(sides["nginx"], sides["direct"], p) for p in ("p50", "p99")},
         "cpu": {
             "relay_us_per_token": _round(relay_us),

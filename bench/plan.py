@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from matrix.config import COMBOS as RELAY_COMBOS
 
-PHASES = ("paced", "ttft", "burst", "stop", "workers")
+PHASES = ("paced", "ttft", "burst", "stop", "overload", "workers")
 # downstream-upstream. The relay's four, and its OpenAI-compatible front door
 # (`POST /v1/chat/completions`, chunks as SSE) over an SSE upstream.
 FRONT_DOOR = "openai-sse"
@@ -51,7 +51,7 @@ def with_engines(combos: tuple[str, ...], engines: tuple[str, ...]) -> tuple[str
 class Plan:
     mode: str = "full"
     combos: tuple[str, ...] = COMBOS
-    levels: tuple[int, ...] = (1, 50, 200)   # relayed streams at once, each at 1000/interval_ms tok/s
+    levels: tuple[int, ...] = (1, 50, 200, 500)   # relayed streams at once, each at 1000/interval_ms tok/s
     reps: int = 5                 # paced repetitions, shuffled order, after a warm-up per window
     tokens: int = 200             # per paced stream (4 s at 50 tok/s)
     interval_ms: float = 20.0     # 50 tokens/s
@@ -63,6 +63,9 @@ class Plan:
     burst_tokens: int = 2000
     burst_reps: int = 5
     stop_streams: int = 30        # per combination
+    overload_capacity: int = 200  # the overload phase's max_active_streams (10,000 tok/s: about one core's worth)
+    overload_combo: str = "sse-sse"
+    overload_seconds: float = 8.0  # of offered load: 2 × capacity clients, each holding a stream or retrying
     workers: tuple[int, ...] = (1, 2)   # `matrix serve --workers N` compared at saturation
     workers_combo: str = "sse-sse"
     workers_source: str = "firehose"    # bench/firehose.py (cheap per token), or "mock" (costs what the relay does)
@@ -88,8 +91,8 @@ class Plan:
 
     @property
     def load_level(self) -> int:
-        """The level the CPU and memory goals are read at: the highest (200 by default)."""
-        return max(self.levels)
+        """The level the CPU and memory goals are read at: 200 streams, else the nearest measured."""
+        return min(self.levels, key=lambda n: (abs(n - 200), -n))
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -108,6 +111,7 @@ class Plan:
         per_window = 1.5 + self.hold_s + self.tokens * self.interval_ms / 1000 + max(self.levels) * 0.008
         workers = (len(self.workers) * self.workers_reps * (4 + self.workers_seconds)
                    if "workers" in self.phases else 0)
+        workers += self.overload_seconds + self.tokens * self.interval_ms / 1000 + 10 if "overload" in self.phases else 0
         return (20 + (windows + self.retries) * per_window + self.ttft_requests * 0.1 + self.burst_reps * 2
                 + len(self.combos) * 3 + workers)
 
@@ -117,9 +121,10 @@ class Plan:
 
 PRESETS = {
     "full": Plan(),
-    "quick": Plan(mode="quick", reps=2, tokens=60, hold_s=0.5, retries=2, ttft_requests=15, burst_reps=2,
-                  stop_streams=10, workers_seconds=3.0, workers_reps=2),
+    "quick": Plan(mode="quick", levels=(1, 50, 200), reps=2, tokens=60, hold_s=0.5, retries=2, ttft_requests=15,
+                  burst_reps=2, stop_streams=10, overload_seconds=4.0, workers_seconds=3.0, workers_reps=2),
     "tiny": Plan(mode="tiny", combos=(*COMBOS, *REDIS_COMBOS), levels=(2,), reps=1, tokens=8, interval_ms=10.0,
                  probes=2, hold_s=0.2, fresh_relay=False, retries=0, ttft_requests=2, burst_tokens=200, burst_reps=1,
-                 stop_streams=2, workers_streams=4, workers_tokens=100, workers_seconds=1.0, workers_reps=1),
+                 stop_streams=2, overload_capacity=3, overload_seconds=1.0, workers_streams=4, workers_tokens=100,
+                 workers_seconds=1.0, workers_reps=1),
 }

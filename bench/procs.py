@@ -140,11 +140,12 @@ def _limits() -> dict:
     return {key: value for key, value in BENCH_LIMITS.items() if key in known}
 
 
-def relay_config(mock_base: str, default_upstream: str, engine: dict | None = None) -> str:
+def relay_config(mock_base: str, default_upstream: str, engine: dict | None = None,
+                 limits: dict | None = None) -> str:
     """The relay's TOML: every vendor pointed at the mock, all features at their defaults but client limits
-    (and the `[engine]` section, when given)."""
+    (and the `[engine]` section, and `limits` on top of the bench's, when given)."""
     lines = ["[server]", f"default_upstream = {json.dumps(default_upstream)}", ""]
-    if limits := _limits():
+    if limits := {**_limits(), **(limits or {})}:
         lines += ["[limits]", *(f"{key} = {json.dumps(value)}" for key, value in limits.items()), ""]
     if engine:
         lines += ["[engine]", *(f"{key} = {json.dumps(value)}" for key, value in engine.items()), ""]
@@ -156,9 +157,9 @@ def relay_config(mock_base: str, default_upstream: str, engine: dict | None = No
 
 
 async def start_relay(workdir: Path, mock: Proc, uvloop: bool = False, name: str = "relay",
-                      engine: dict | None = None) -> Proc:
+                      engine: dict | None = None, limits: dict | None = None) -> Proc:
     config = workdir / f"{name}.toml"
-    config.write_text(relay_config(mock.base, "openai", engine))
+    config.write_text(relay_config(mock.base, "openai", engine, limits))
     port = free_port()
     entry = ["-m", "bench.launch", "--uvloop"] if uvloop else ["-m", "matrix"]
     cmd = [sys.executable, *entry, "serve", "--config", str(config), "--host", HOST, "--port", str(port)]

@@ -8,7 +8,7 @@ import random
 import time
 from collections import defaultdict
 
-from . import burst, goals, meta, paced, stop, summary, ttft, workers
+from . import burst, goals, meta, overload, paced, stop, summary, ttft, workers
 from .lab import Lab
 from .plan import FRONT_DOOR, FRONT_DOOR_BASE, Plan
 from .progress import Progress
@@ -25,6 +25,8 @@ def steps(plan: Plan) -> int:
         n += plan.burst_reps
     if "stop" in plan.phases:
         n += len(plan.combos)
+    if "overload" in plan.phases:
+        n += 1
     if "workers" in plan.phases:
         n += plan.workers_reps * len(plan.workers)
     return n
@@ -70,7 +72,8 @@ async def run(plan: Plan, progress: Progress) -> dict:
                 timing["paced"] = round(time.monotonic() - mark, 1)
             if {"ttft", "burst", "stop"} & set(plan.phases):
                 await lab.restart_relays()
-            for name, module in (("ttft", ttft), ("burst", burst), ("stop", stop), ("workers", workers)):
+            for name, module in (("ttft", ttft), ("burst", burst), ("stop", stop), ("overload", overload),
+                                 ("workers", workers)):
                 if name in plan.phases:
                     progress.show(name)
                     mark = time.monotonic()

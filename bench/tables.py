@@ -39,7 +39,7 @@ def paced(report: dict) -> Table:
     rows = []
     for combo, levels in (report.get("paced") or {}).get("summary", {}).items():
         for level, c in sorted(levels.items(), key=lambda kv: int(kv[0])):
-            rows.append([combo, level, med(c["added_p50_ms"]), med(c["added_p99_ms"]),
+            rows.append([combo, level, med(c["added_p50_ms"]), med(c["added_p99_ms"]), med(c.get("added_p999_ms")),
                          pair(c["relay_p50_ms"], c["relay_p99_ms"]), pair(c["direct_p50_ms"], c["direct_p99_ms"]),
                          med(c["nginx_added_p99_ms"], 2, False), med(c["relay_us_per_token"], 1, False),
                          med(c["ratio_to_nginx"]), med(c["relay_pct_core"], 0, False),
@@ -50,7 +50,8 @@ def paced(report: dict) -> Table:
                  f"{plan['reps']} rep(s) in shuffled order; median (min–max) over windows; "
                  f"added = relay − direct in the same window; @redis = the Redis engine, its relay's CPU and "
                  f"memory counted with redis-server's",
-                 ["combo", "streams", "added p50 ms", "added p99 ms", "relay p50/p99 ms", "direct p50/p99 ms",
+                 ["combo", "streams", "added p50 ms", "added p99 ms", "added p99.9 ms", "relay p50/p99 ms",
+                  "direct p50/p99 ms",
                   "nginx added p99", "relay µs/token", "× nginx", "relay CPU %", "KiB/stream idle/active",
                   "lost/err"], rows)
 
@@ -133,16 +134,36 @@ def workers(report: dict) -> Table:
                   "bench %", "box %", "saturated (runs)", "errors"], rows)
 
 
+def overload(report: dict) -> Table:
+    data = report.get("overload")
+    if not data:
+        return Table("", [], [])
+    refused, probes = data["refusals"], data["probes"]
+    rows = [[data["combo"], str(data["capacity"]), str(data["offered"]), str(data["admitted"]),
+             f'{num(data["added"]["p50"])} / {num(data["added"]["p99"])} / {num(data["added"]["p99.9"])}',
+             f'{data["lost"]}/{data["failed"]}', f'{refused["n"]} ({refused["clean"]} clean)',
+             f'{num(refused["p50"])} / {num(refused["p99"])} / {num(refused["max"])}',
+             *(f'{num(probes[p]["p50"])} / {num(probes[p]["p99"])} / {num(probes[p]["max"])}' for p in probes),
+             f'{probes["readyz"]["not_200"]}/{probes["readyz"]["n"]}', num(data["relay_pct_core"], 0)]]
+    return Table(f"Overload: a relay with `max_active_streams = {data['capacity']}` offered {data['offered']} "
+                 f"clients for {data['seconds']:g} s, each holding a paced stream or retrying after a 503 "
+                 "(Retry-After, jittered); added = admitted streams − direct streams in the same window; "
+                 "/healthz and /readyz asked every 50 ms",
+                 ["combo", "capacity", "clients", "streams admitted", "added p50/p99/p99.9 ms", "lost/failed",
+                  "refused", "refusal p50/p99/max ms", "/healthz p50/p99/max ms", "/readyz p50/p99/max ms",
+                  "/readyz 503s", "relay CPU %"], rows)
+
+
 def goals(report: dict) -> Table:
     verdict = {True: "met", False: "MISSED", None: "n/a"}
     rows = [[g["goal"], g["target"], g["measured"],
              verdict[g["met"]] + (f" ({', '.join(g['missed'])})" if g["missed"] else "")]
             for g in report.get("goals", [])]
-    return Table("Goals (issue 4; the front door: issue 10; the Redis engine and workers: issue 9)",
+    return Table("Goals (issues 4 and 11; the front door: issue 10; the Redis engine and workers: issue 9)",
                  ["goal", "target", "measured", "verdict"], rows)
 
 
 def all_tables(report: dict) -> list[Table]:
     tables = [paced(report), engines(report), front_door(report), ttft(report), burst(report), stop(report),
-              workers(report), goals(report)]
+              overload(report), workers(report), goals(report)]
     return [t for t in tables if t.rows]

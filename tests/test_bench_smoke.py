@@ -63,7 +63,7 @@ def test_bench_windows_record_references_and_noise(report):
 
 
 def test_bench_reports_ttft_burst_stop_and_goals(report):
-    """TTFT, burst and stop are measured per combination, and every goal row carries a verdict."""
+    """TTFT, burst and stop are measured per combination, overload once, and every goal row carries a verdict."""
     data, _, _ = report
     for combo in TINY:
         assert data["ttft"]["routes"][combo]["n"] == data["plan"]["ttft_requests"]
@@ -73,8 +73,13 @@ def test_bench_reports_ttft_burst_stop_and_goals(report):
     assert {"direct-sse", "direct-ws"} <= set(data["ttft"]["routes"]) & set(data["stop"])
     assert data["stop"][FRONT_DOOR]["stopped_by"] == "client close"  # the front door has no cancel by id
     assert data["stop"]["sse-sse"]["stopped_by"] == "cancel"
+    overload = data["overload"]  # issue 11: twice the streams a relay is set to carry
+    assert overload["offered"] == 2 * overload["capacity"] and overload["admitted"] > 0
+    assert overload["lost"] == 0 and overload["failed"] == 0
+    assert overload["refusals"]["clean"] == overload["refusals"]["n"]
+    assert overload["probes"]["healthz"]["n"] > 0 and overload["probes"]["healthz"]["not_200"] == 0
     goals = data["goals"]
-    assert len(goals) == 14
+    assert len(goals) == 21
     for goal in goals:
         assert goal["met"] in (True, False, None) and goal["target"] and goal["measured"]
         assert all(_number_or_none(v) for v in goal["values"].values())
