@@ -53,6 +53,8 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     p.add_argument("--workers-seconds", type=float, help="seconds counted per workers run")
     p.add_argument("--workers-source", choices=("firehose", "mock"),
                    help="the workers phase's token source: bench/firehose.py (default, cheap per token) or the mock")
+    p.add_argument("--overload-capacity", type=int,
+                   help="the overload phase's max_active_streams; twice as many clients are offered (default 100)")
     p.add_argument("--sse-upstream", choices=("openai", "baidu"), help="the SSE vendor (default openai)")
     p.add_argument("--no-nginx", dest="nginx", action="store_const", const=False, help="skip the nginx reference")
     p.add_argument("--relay-uvloop", action="store_const", const=True, help="run the relay on uvloop")
@@ -66,14 +68,15 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
                         interval_ms=args.interval_ms, probes=args.probes, phases=args.phases,
                         workers=args.workers and tuple(sorted(set(args.workers))), workers_streams=args.workers_streams,
                         workers_tokens=args.workers_tokens, workers_seconds=args.workers_seconds,
-                        workers_source=args.workers_source,
+                        workers_source=args.workers_source, overload_capacity=args.overload_capacity,
                         sse_upstream=args.sse_upstream, nginx=args.nginx, relay_uvloop=args.relay_uvloop)
     bad = [c for c in plan.combos if c not in KNOWN_COMBOS] + [x for x in plan.phases if x not in PHASES]
     bad += [e for e in args.engines or () if e not in ENGINES]
     if args.engines and not bad:
         plan = plan.replace(combos=with_engines(plan.combos, args.engines))
     if (bad or not plan.combos or not plan.levels or min(plan.levels) < 1 or plan.reps < 1 or not plan.workers
-            or min(plan.workers) < 1 or plan.workers_streams < 1 or plan.workers_tokens < 1):
+            or min(plan.workers) < 1 or plan.workers_streams < 1 or plan.workers_tokens < 1
+            or plan.overload_capacity < 1):
         p.error(f"bad value(s): {', '.join(map(str, bad)) or 'empty or non-positive list'}")
     if plan.needs_redis and not args.render and (why := procs.redis_missing()):
         p.error(f"{why}; the @redis combinations and the workers phase need it "

@@ -63,7 +63,7 @@ class Plan:
     burst_tokens: int = 2000
     burst_reps: int = 5
     stop_streams: int = 30        # per combination
-    overload_capacity: int = 200  # the overload phase's max_active_streams (10,000 tok/s: about one core's worth)
+    overload_capacity: int = 100  # the overload phase's max_active_streams: the knee of this 2-core box (README)
     overload_combo: str = "sse-sse"
     overload_seconds: float = 8.0  # of offered load: 2 × capacity clients, each holding a stream or retrying
     workers: tuple[int, ...] = (1, 2)   # `matrix serve --workers N` compared at saturation

@@ -165,14 +165,17 @@ class Stream:
                 return
             waiter = loop.create_future()
             reader = None if direct is None else _Direct(after, direct, waiter)
-            waiting: list = self._waiters if reader is None else self._direct
-            waiting.append(waiter if reader is None else reader)
+            if reader is None:
+                self._waiters.append(waiter)
+            else:
+                self._direct.append(reader)
             try:
                 await waiter
-            except asyncio.CancelledError:
-                entry = waiter if reader is None else reader
-                if entry in waiting:  # leave no stale waiter behind
-                    waiting.remove(entry)
+            except asyncio.CancelledError:  # leave no stale waiter behind (_offer drops done ones too)
+                if reader is None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif reader is not None and reader in self._direct:
+                    self._direct.remove(reader)
                 raise
             if reader is not None:
                 after = reader.after  # what it delivered directly is not read again
@@ -206,16 +209,19 @@ class Stream:
         """Hand new events to the direct readers; wake the ones that could not take them all."""
         readers, self._direct = self._direct, []
         for reader in readers:
+            if reader.waiter.done():  # its task was cancelled (the client left): nothing more goes to it
+                continue
             try:
                 batch = self.read(reader.after)
                 taken = reader.deliver(batch) if batch else 0
-            except Exception:  # one reader's trouble is its task's to report, not the writer's
-                batch, taken = [None], 0
+            except Exception:  # one reader's trouble is its task's to meet and report, not the writer's
+                reader.waiter.set_result(None)
+                continue
             if taken:
                 reader.after = batch[taken - 1].seq
             if taken == len(batch) and self._terminal is None:
                 self._direct.append(reader)  # still idle at the head: it stays direct
-            elif not reader.waiter.done():
+            else:
                 reader.waiter.set_result(None)
 
 
