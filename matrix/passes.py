@@ -1,10 +1,11 @@
 """Iterate a provider's items and act once per event-loop pass: just before the iteration has to wait.
 
-A provider's network read often carries several tokens (a burst, a slow relay catching up,
-websockets' queue of received messages). The pump adds each to the stream log and tells
-the readers once, when the next item is not there yet: the tokens of one pass reach each
-client in one write, in that same pass, with no task or timer in between (corking, as a
-TCP stack does it). Knowing "not there yet" needs no guess: the next item's awaitable is
+Upstream transports hand over the items of each network read (or WebSocket message) as
+one batch, and several are often ready in one pass (a burst, a slow relay catching up,
+websockets' queue of received messages). The pump adds their text to the stream log and
+tells the readers once, when the next batch is not there yet: the tokens of one pass
+reach each client in one write, in that same pass, with no task or timer in between
+(corking, as a TCP stack does it). Knowing "not there yet" needs no guess: the next item's awaitable is
 stepped once by hand; if it finishes, the item was ready; if it suspends, `flush` runs and
 the suspension is handed on to the pump's task unchanged.
 """
