@@ -113,6 +113,38 @@ class EngineConfig(BaseModel):
         return value
 
 
+class StoreConfig(BaseModel):
+    """Where conversations are kept: an SQLite file (the default, nothing to run) or PostgreSQL (many relays)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # sqlite:///matrix.db is relative to the working directory, sqlite:////var/lib/matrix.db absolute;
+    # postgresql://user:password@host:5432/db may carry a password: "${DATABASE_URL}".
+    url: SecretStr = SecretStr("sqlite:///matrix.db")
+    history_messages: int = Field(20, ge=0, le=1000)  # stored messages sent before the new one (plus the system one)
+    title_chars: int = Field(60, ge=8, le=200)  # a new conversation's title: the start of its first message
+    timeout_s: float = Field(3.0, gt=0)  # connect, query or SQLite lock wait longer than this: store_unavailable
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _resolve_url(cls, value: Any) -> Any:
+        return _resolve_env(value)
+
+    @field_validator("url")
+    @classmethod
+    def _store_scheme(cls, value: SecretStr) -> SecretStr:
+        # Only the scheme is named in the message: the URL may carry a password.
+        url = value.get_secret_value()
+        scheme = urlsplit(url).scheme
+        if scheme not in ("sqlite", "postgresql"):
+            raise ValueError("must be a sqlite:///PATH or postgresql://[user[:password]@]host[:port]/database URL"
+                             f" (got scheme {scheme[:20]!r})")
+        if scheme == "sqlite" and (not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:")):
+            raise ValueError("a sqlite URL names a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if scheme == "postgresql" and not urlsplit(url).hostname and "host=" not in urlsplit(url).query:
+            raise ValueError("a postgresql URL names a host: postgresql://[user[:password]@]host[:port]/database")
+        return value
+
+
 class AuthConfig(BaseModel):
     """Client auth: off while no key is configured (the demo), on as soon as one is.
 
@@ -277,6 +309,7 @@ class Settings(BaseSettings):
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
     engine: EngineConfig = EngineConfig()
+    store: StoreConfig = StoreConfig()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
 
     @field_validator("upstreams", mode="before")

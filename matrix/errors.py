@@ -10,6 +10,8 @@
     │   ├── UpstreamRejected         the vendor refused the request (auth, audit, quota...)
     │   ├── UpstreamTimeout          no data for upstream_idle_timeout_s
     │   └── UpstreamProtocolError    malformed frame, or the stream ended without its end marker
+    ├── EngineUnavailable            the shared engine (Redis) does not answer (503)
+    ├── StoreUnavailable             the conversation store's database does not answer (503)
     └── ShuttingDown                 the relay is draining; try again elsewhere
 
 Foreign exceptions are translated once, at the transport boundary, with
@@ -100,6 +102,14 @@ class EngineUnavailable(MatrixError):
     """The shared engine (Redis) does not answer: nothing can start or be found until it does."""
 
     code = "engine_unavailable"
+    status = 503
+    retryable = True
+
+
+class StoreUnavailable(MatrixError):
+    """The conversation store's database does not answer: conversations wait, plain streams go on."""
+
+    code = "store_unavailable"
     status = 503
     retryable = True
 
