@@ -125,7 +125,7 @@ class Store(Protocol):
 
 
 def check_conversation_id(value: object) -> str:
-    if not isinstance(value, str) or not _CONVERSATION_ID.match(value):
+    if not isinstance(value, str) or not _CONVERSATION_ID.fullmatch(value):
         raise RequestError("conversation_id must be 1-64 of A-Z a-z 0-9 _ -", code="invalid_conversation_id",
                            param="conversation_id")
     return value
@@ -181,13 +181,13 @@ def encode_cursor(updated_us: int, conversation_id: str) -> str:
 def decode_cursor(cursor: object) -> tuple[int, str]:
     """The sort key a cursor from `encode_cursor` holds; anything else is `400 invalid_cursor`."""
     bad = RequestError("cursor is not one this relay gave out", code="invalid_cursor", param="cursor")
-    if not isinstance(cursor, str) or not _CURSOR.match(cursor):
+    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
         raise bad
     try:
         key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, ValueError):
         raise bad from None
-    if not (match := _CURSOR_KEY.match(key)):
+    if not (match := _CURSOR_KEY.fullmatch(key)):
         raise bad
     return int(match.group(1)), match.group(2)
 

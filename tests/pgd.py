@@ -31,7 +31,7 @@ AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups
 
 
 class PostgresServer:
-    """One cluster on a fixed port: stop it, kill it, start it again on the same port and data."""
+    """One cluster on a fixed port: stop, kill or pause it, start it again on the same port and data."""
 
     def __init__(self, directory: Path, port: int) -> None:
         self.directory = directory  # also the Unix socket's directory
@@ -72,9 +72,22 @@ class PostgresServer:
         """SIGKILL to the postmaster and every backend at once: the server vanishes mid-conversation."""
         self._end(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """SIGSTOP the postmaster and its backends: connections stay open and nothing answers (a hung host)."""
+        assert self.proc is not None
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        for pid in [self.proc.pid, *_children(self.proc.pid)]:
+            os.kill(pid, sig)
+
     def _end(self, sig: signal.Signals) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        self._signal_all(signal.SIGCONT)  # a paused server would hold a stop signal until then
         # Backends are the postmaster's children in sessions of their own: a crash takes them
         # too, and a restart waits until they are gone (they hold the old shared memory).
         backends = _children(self.proc.pid) if sig == signal.SIGKILL else []

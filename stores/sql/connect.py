@@ -37,6 +37,10 @@ def engine(config: StoreConfig) -> AsyncEngine:
     url = parse(config)
     if url.drivername == "sqlite":
         return _sqlite(url.set(drivername=DRIVERS["sqlite"]), config.timeout_s)
+    # No pool_pre_ping: asyncpg's ping is three round trips (BEGIN, ;, ROLLBACK) per call, 1.2 ms
+    # of the hot path here. A connection found dead is a disconnect error, which makes SQLAlchemy
+    # drop every pooled connection: after a server restart, at most the first call fails (503,
+    # retryable) and the next connects afresh.
     return create_async_engine(
         url.set(drivername=DRIVERS["postgresql"]),
         # Bounded waits by phase: connect, each statement (the server answers or we give up),
@@ -44,10 +48,7 @@ def engine(config: StoreConfig) -> AsyncEngine:
         connect_args={"timeout": config.timeout_s, "command_timeout": config.timeout_s,
                       "server_settings": {"application_name": "transport-matrix"}},
         pool_timeout=config.timeout_s)
-    # No pool_pre_ping: asyncpg's ping is three round trips (BEGIN, ;, ROLLBACK) per call, 1.2 ms
-    # of the hot path here. A connection found dead is a disconnect error, which makes SQLAlchemy
-    # drop every pooled connection: after a server restart, at most the first call fails (503,
-    # retryable) and the next connects afresh.
+
 
 def _sqlite(url: URL, timeout_s: float) -> AsyncEngine:
     # One connection: this process's transactions queue in asyncio instead of spinning in
