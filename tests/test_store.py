@@ -281,8 +281,10 @@ async def test_simultaneous_starts_of_one_new_id_make_one_conversation(make_stor
     assert sorted(m.text for m in got.messages) == [f"q{n}" for n in range(6)]
     racing = await asyncio.gather(first.begin_turn(ALICE, "contested", "a"), second.begin_turn(BOB, "contested", "b"),
                                   return_exceptions=True)
-    assert sum(isinstance(r, RequestError) and r.code == "forbidden" for r in racing) == 1
-    assert [m.text for m in (await first.get_conversation(ALICE, "contested")).messages] in (["a"], [])
+    losers = [isinstance(r, RequestError) and r.code == "forbidden" for r in racing]
+    assert sorted(losers) == [False, True]
+    winner, text = (BOB, "b") if losers[0] else (ALICE, "a")
+    assert [m.text for m in (await first.get_conversation(winner, "contested")).messages] == [text]
 
 
 HOSTILE_IDS = ["", "a" * 65, "../etc", "a/b", "a b", "a.b", "日本語", "x'; DROP TABLE messages; --",
@@ -434,8 +436,8 @@ async def test_unreachable_postgresql_fails_open_at_once_with_a_clear_message():
         await store.open()
     assert time.monotonic() - started < 1
     assert (error.value.code, error.value.status, error.value.retryable) == ("store_unavailable", 503, True)
-    assert str(error.value) == f"store postgresql 127.0.0.1:{port}/chats is unavailable: " \
-                               "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert str(error.value).startswith(f"store postgresql 127.0.0.1:{port}/chats is unavailable: "
+                                       "ConnectionRefusedError: [Errno 111]")  # the rest is the event loop's
     assert "hunter2" not in str(error.value) and store.ready() == str(error.value)
     await store.aclose()
 
