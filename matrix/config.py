@@ -124,23 +124,20 @@ class StoreConfig(BaseModel):
     title_chars: int = Field(60, ge=8, le=200)  # a new conversation's title: the start of its first message
     timeout_s: float = Field(3.0, gt=0)  # connect, query or SQLite lock wait longer than this: store_unavailable
 
-    @field_validator("url", mode="before")
-    @classmethod
-    def _resolve_url(cls, value: Any) -> Any:
-        return _resolve_env(value)
+    _resolve = field_validator("url", mode="before")(classmethod(lambda cls, v: _resolve_env(v)))
 
     @field_validator("url")
     @classmethod
     def _store_scheme(cls, value: SecretStr) -> SecretStr:
         # Only the scheme is named in the message: the URL may carry a password.
         url = value.get_secret_value()
-        scheme = urlsplit(url).scheme
-        if scheme not in ("sqlite", "postgresql"):
+        parts = urlsplit(url)
+        if parts.scheme not in ("sqlite", "postgresql"):
             raise ValueError("must be a sqlite:///PATH or postgresql://[user[:password]@]host[:port]/database URL"
-                             f" (got scheme {scheme[:20]!r})")
-        if scheme == "sqlite" and (not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:")):
+                             f" (got scheme {parts.scheme[:20]!r})")
+        if parts.scheme == "sqlite" and (not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:")):
             raise ValueError("a sqlite URL names a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
-        if scheme == "postgresql" and not urlsplit(url).hostname and "host=" not in urlsplit(url).query:
+        if parts.scheme == "postgresql" and not parts.hostname and "host=" not in parts.query:
             raise ValueError("a postgresql URL names a host: postgresql://[user[:password]@]host[:port]/database")
         return value
 
