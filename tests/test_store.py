@@ -120,10 +120,12 @@ async def test_answers_without_text_are_saved_but_not_sent_as_history(store):
 
 
 async def test_finish_turn_saves_a_stream_once_however_often_it_is_called(store):
-    """Of repeated and concurrent finish_turn calls for one stream exactly one saves; the others save nothing."""
+    """Of repeated and concurrent finish_turn calls for one stream exactly one saves; the others change nothing."""
     cid = await turn(store, ALICE, None, "q1")
     assert await store.finish_turn(cid, "s1", "partial ans", "cancelled") is True
+    saved_at = (await store.get_conversation(ALICE, cid)).conversation.updated_at
     assert await store.finish_turn(cid, "s1", "partial answer", "stop") is False
+    assert (await store.get_conversation(ALICE, cid)).conversation.updated_at == saved_at  # nothing changed at all
     other = await turn(store, ALICE, None, "elsewhere")
     assert await store.finish_turn(other, "s1", "same stream, other conversation", "stop") is False
     results = await asyncio.gather(*(store.finish_turn(cid, "s2", f"answer {i}", "stop") for i in range(8)))
@@ -356,6 +358,19 @@ async def test_schema_is_created_once_and_a_reopened_store_keeps_its_data(db_url
                 schema.SCHEMA_VERSION]
     finally:
         await second.aclose()
+
+
+async def test_relays_opening_a_new_database_together_create_its_schema_once(db_url):
+    """Stores opening one new database at the same moment all open, and the schema is created once."""
+    stores = [SqlStore(StoreConfig(url=db_url)) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        async with stores[0]._engine.connect() as conn:
+            assert (await conn.execute(select(schema.schema_version.c.version))).scalars().all() == [
+                schema.SCHEMA_VERSION]
+    finally:
+        for store in stores:
+            await store.aclose()
 
 
 async def test_an_older_schema_is_upgraded_step_by_step(db_url, monkeypatch):

@@ -73,9 +73,10 @@ def _sqlite(url: URL, timeout_s: float) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn) -> None:
-        # IMMEDIATE takes the write lock at BEGIN: a transaction that reads then writes
-        # (begin_turn) cannot fail half-way with SQLITE_BUSY when another process wrote
-        # in between; it waits for the lock up to the busy timeout instead.
+        # IMMEDIATE takes the write lock at BEGIN. A deferred transaction that reads and then
+        # writes (open's schema check, relays starting together) fails at once with SQLITE_BUSY
+        # when another process wrote in between; this one waits up to the busy timeout instead.
+        # The price: reads in several processes take turns too, each a short transaction.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
