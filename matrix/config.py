@@ -135,7 +135,7 @@ class StoreConfig(BaseModel):
         if parts.scheme not in ("sqlite", "postgresql"):
             raise ValueError("must be a sqlite:///PATH or postgresql://[user[:password]@]host[:port]/database URL"
                              f" (got scheme {parts.scheme[:20]!r})")
-        if parts.scheme == "sqlite" and (not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:")):
+        if parts.scheme == "sqlite" and (not url.startswith("sqlite:///") or url[10:] in ("", ":memory:")):
             raise ValueError("a sqlite URL names a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
         if parts.scheme == "postgresql" and not parts.hostname and "host=" not in parts.query:
             raise ValueError("a postgresql URL names a host: postgresql://[user[:password]@]host[:port]/database")

@@ -146,7 +146,7 @@ async def test_concurrent_stores_save_a_stream_once(make_store):
 
 
 async def test_finish_turn_keeps_how_the_stream_went(store):
-    """The saved answer carries its status, usage, TTFT, duration, upstream and combination, and moves the conversation up."""
+    """The saved answer keeps its status, usage, TTFT, duration, upstream and combination; its conversation moves up."""
     cid = await turn(store, ALICE, None, "q1")
     before = (await store.get_conversation(ALICE, cid)).conversation.updated_at
     usage = {"prompt_tokens": 4, "completion_tokens": 12, "total_tokens": 16}
@@ -403,7 +403,7 @@ async def test_a_newer_schema_refuses_to_open(store, db_url):
 
 
 async def test_sqlite_serves_several_stores_on_one_file_at_once(tmp_path):
-    """Several stores (relays) writing and reading one SQLite file at once all succeed: WAL, a lock wait, BEGIN IMMEDIATE."""
+    """Several stores (relays) writing and reading one SQLite file at once all succeed: WAL and a lock wait."""
     url = f"sqlite:///{tmp_path}/shared.db"
     stores = [SqlStore(StoreConfig(url=url)) for _ in range(4)]
     for store in stores:
@@ -496,7 +496,7 @@ async def test_postgresql_killed_mid_run_is_unavailable_then_back(own_postgres):
 
 
 async def test_a_postgresql_that_stops_answering_fails_within_the_timeout(own_postgres):
-    """A server that holds connections open and answers nothing is StoreUnavailable after about timeout_s, not a hang."""
+    """A server that holds connections and answers nothing is StoreUnavailable after about timeout_s, not a hang."""
     url = await own_postgres.create_database()
     store = SqlStore(StoreConfig(url=url, timeout_s=0.5))
     await store.open()

@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from matrix.config import StoreConfig
 from matrix.errors import StoreUnavailable
-from matrix.store import (Conversation, StoredMessage, Transcript, Turn, check_conversation_id, check_limit,
-                          check_owner, check_text, check_title, decode_cursor, default_title, encode_cursor,
-                          history, not_found, storable)
+from matrix.logs import event as log_event
+from matrix.store import (PAGE_DEFAULT, Conversation, StoredMessage, Transcript, Turn, check_conversation_id,
+                          check_limit, check_owner, check_text, check_title, decode_cursor, default_title,
+                          encode_cursor, history, not_found, storable)
 
 from . import connect, schema
 from .schema import conversations as C, messages as M
@@ -47,8 +48,7 @@ class SqlStore:
     async def open(self) -> None:
         async with self._transaction() as conn:
             found = await conn.run_sync(schema.migrate)
-        log.info("store open", extra={"where": self._where, "schema_found": found,
-                                      "schema_version": schema.SCHEMA_VERSION})
+        log_event(log, "store schema", where=self._where, found=found, version=schema.SCHEMA_VERSION)
 
     async def aclose(self) -> None:
         await self._engine.dispose()
@@ -108,7 +108,7 @@ class SqlStore:
 
     # -- what the endpoints read and change ---------------------------------------------------
 
-    async def list_conversations(self, owner: str, limit: int = 20,
+    async def list_conversations(self, owner: str, limit: int = PAGE_DEFAULT,
                                  cursor: str | None = None) -> tuple[list[Conversation], str | None]:
         limit = check_limit(limit)
         query = select(C).where(C.c.owner == owner)
@@ -158,10 +158,13 @@ class SqlStore:
             async with self._engine.begin() as conn:
                 yield conn
         except (SQLAlchemyError, OSError) as exc:  # OSError: refused, reset, timed out (asyncpg raises them bare)
+            if self._down is None:
+                log_event(log, "store down", where=self._where, error=_cause(exc))
             self._down = f"store {self._where} is unavailable: {_cause(exc)}"
-            log.warning("store unavailable", extra={"where": self._where, "cause": _cause(exc)})
             raise StoreUnavailable(self._down) from exc
-        self._down = None
+        if self._down is not None:
+            log_event(log, "store up", where=self._where)
+            self._down = None
 
     async def _touch(self, conn: AsyncConnection, owner: str, cid: str, changes: dict[str, Any]) -> Row | None:
         """Apply `changes` to `owner`'s conversation `cid`; its row after, or None if it is not `owner`'s or unknown."""
