@@ -6,11 +6,13 @@ import asyncio
 import base64
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select, update
 
 from matrix.config import StoreConfig
@@ -143,6 +145,37 @@ async def test_concurrent_stores_save_a_stream_once(make_store):
     results = await asyncio.gather(*(s.finish_turn(cid, "s1", "answer", "stop") for s in [first, second] * 4))
     assert sorted(results) == [False] * 7 + [True]
     assert [m.role for m in (await second.get_conversation(ALICE, cid)).messages] == ["user", "assistant"]
+
+
+ANSWERS = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+
+
+@pytest.fixture
+async def short_store(make_store) -> SqlStore:
+    return await make_store(history_messages=3)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=st.lists(st.tuples(st.integers(0, 2), ANSWERS, st.integers(1, 4)), min_size=1, max_size=10))
+async def test_any_turns_keep_each_answer_once_and_send_the_right_history(short_store, turns):
+    """Over random turns across three conversations, each answer saved by 1-4 racing calls: one call saves it,
+    every history is the last 3 messages before the turn, and every transcript is exact."""
+    store, owner = short_store, f"key:{uuid.uuid4().hex[:16]}"  # a new owner per example: nothing shared
+    ids: list[str | None] = [None, None, None]
+    expected: dict[str, list[tuple[str, str]]] = {}
+    for n, (which, answer, calls) in enumerate(turns):
+        started = await store.begin_turn(owner, ids[which], f"q{n}")
+        cid = ids[which] = started.conversation_id
+        sent = [m for m in expected.setdefault(cid, []) if m[0] == "user" or m[1]]  # answers with no text are not
+        assert [(m.role, m.content) for m in started.history] == [*sent[-3:], ("user", f"q{n}")]
+        expected[cid].append(("user", f"q{n}"))
+        saved = await asyncio.gather(*(store.finish_turn(cid, f"{owner}-{n}", answer, "stop") for _ in range(calls)))
+        assert sorted(saved) == [False] * (calls - 1) + [True]
+        expected[cid].append(("assistant", answer))
+    for cid, messages in expected.items():
+        assert [(m.role, m.text) for m in (await store.get_conversation(owner, cid)).messages] == messages
+    last_used = list(dict.fromkeys(ids[which] for which, _, _ in reversed(turns)))
+    assert [c.id for c in (await store.list_conversations(owner))[0]] == last_used
 
 
 async def test_finish_turn_keeps_how_the_stream_went(store):
