@@ -15,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select, update
 
-from matrix.config import StoreConfig
+from matrix.config import StoreConfig, load
 from matrix.errors import ConfigError, RequestError, StoreUnavailable
 from matrix.store import CONVERSATION_ID_PATTERN, TITLE_MAX_CHARS, Store, default_title, encode_cursor
+from mock_ai import relay_upstreams
+from stores import build
 from stores.sql import SqlStore, schema
 
 from clients import free_port
@@ -454,10 +456,10 @@ async def test_sqlite_serves_several_stores_on_one_file_at_once(tmp_path):
             await store.aclose()
 
 
-async def test_sqlite_relative_path_is_relative_to_the_working_directory(tmp_path, monkeypatch):
-    """`sqlite:///matrix.db` is matrix.db in the working directory."""
+async def test_the_default_store_is_matrix_db_in_the_working_directory(tmp_path, monkeypatch):
+    """With no [store] section, `stores.build` makes an SQLite store on matrix.db in the working directory."""
     monkeypatch.chdir(tmp_path)
-    store = SqlStore(StoreConfig())
+    store = build(load(defaults={"upstreams": relay_upstreams()}))
     await store.open()
     await store.aclose()
     assert (tmp_path / "matrix.db").exists()
