@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -81,8 +81,7 @@ class PostgresServer:
         self._signal_all(signal.SIGCONT)
 
     def _signal_all(self, sig: signal.Signals) -> None:
-        for pid in [self.proc.pid, *_children(self.proc.pid)]:
-            os.kill(pid, sig)
+        _signal([self.proc.pid, *_children(self.proc.pid)], sig)
 
     def _end(self, sig: signal.Signals) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -91,8 +90,7 @@ class PostgresServer:
         # Backends are the postmaster's children in sessions of their own: a crash takes them
         # too, and a restart waits until they are gone (they hold the old shared memory).
         backends = _children(self.proc.pid) if sig == signal.SIGKILL else []
-        for pid in [self.proc.pid, *backends]:
-            os.kill(pid, sig)
+        _signal([self.proc.pid, *backends], sig)
         try:
             self.proc.wait(TIMEOUT)
         except subprocess.TimeoutExpired:  # a shutdown that hangs: a test must not leave it behind
@@ -131,6 +129,12 @@ def _stat(pid: int | str) -> list[str]:
 
 def _children(pid: int) -> list[int]:
     return [int(p.name) for p in Path("/proc").glob("[0-9]*") if (f := _stat(p.name)) and f[1] == str(pid)]
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):  # a backend that ended since we listed it
+            os.kill(pid, sig)
 
 
 def _running(pid: int) -> bool:
