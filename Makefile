@@ -20,9 +20,11 @@ demo: $(STAMP)
 # Real components the tests start themselves, from Debian's packages: Chromium for the
 # browser tests (never a downloaded browser build), nginx for the reverse-proxy tests,
 # openssl for the mutual-TLS test (`openssl s_server` sends the TLS alerts asyncio's server drops),
-# redis-server for the Redis engine's tests (each test run starts its own, persistence off).
+# redis-server for the Redis engine's tests (each test run starts its own, persistence off),
+# postgresql for the conversation store's tests (each run starts its own cluster in a temporary directory).
 SYSTEM_PACKAGES := $(if $(wildcard /usr/bin/chromium),,chromium) $(if $(wildcard /usr/sbin/nginx),,nginx-light) \
-	$(if $(wildcard /usr/bin/openssl),,openssl) $(if $(wildcard /usr/bin/redis-server),,redis-server)
+	$(if $(wildcard /usr/bin/openssl),,openssl) $(if $(wildcard /usr/bin/redis-server),,redis-server) \
+	$(if $(wildcard /usr/lib/postgresql/*/bin/postgres),,postgresql)
 
 system:
 	test -z "$(strip $(SYSTEM_PACKAGES))" || ! command -v apt-get >/dev/null || \

@@ -117,6 +117,35 @@ class EngineConfig(BaseModel):
         return value
 
 
+class StoreConfig(BaseModel):
+    """Where conversations are kept: an SQLite file (the default, nothing to run) or PostgreSQL (many relays)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # sqlite:///matrix.db is relative to the working directory, sqlite:////var/lib/matrix.db absolute;
+    # postgresql://user:password@host:5432/db may carry a password: "${DATABASE_URL}".
+    url: SecretStr = SecretStr("sqlite:///matrix.db")
+    history_messages: int = Field(20, ge=0, le=1000)  # stored messages sent before the new one (plus the system one)
+    title_chars: int = Field(60, ge=8, le=200)  # a new conversation's title: the start of its first message
+    timeout_s: float = Field(3.0, gt=0)  # connect, query or SQLite lock wait longer than this: store_unavailable
+
+    _resolve = field_validator("url", mode="before")(classmethod(lambda cls, v: _resolve_env(v)))
+
+    @field_validator("url")
+    @classmethod
+    def _store_scheme(cls, value: SecretStr) -> SecretStr:
+        # Only the scheme is named in the message: the URL may carry a password.
+        url = value.get_secret_value()
+        parts = urlsplit(url)
+        if parts.scheme not in ("sqlite", "postgresql"):
+            raise ValueError("must be a sqlite:///PATH or postgresql://[user[:password]@]host[:port]/database URL"
+                             f" (got scheme {parts.scheme[:20]!r})")
+        if parts.scheme == "sqlite" and (not url.startswith("sqlite:///") or url[10:] in ("", ":memory:")):
+            raise ValueError("a sqlite URL names a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if parts.scheme == "postgresql" and not parts.hostname and "host=" not in parts.query:
+            raise ValueError("a postgresql URL names a host: postgresql://[user[:password]@]host[:port]/database")
+        return value
+
+
 class AuthConfig(BaseModel):
     """Client auth: off while no key is configured (the demo), on as soon as one is.
 
@@ -281,6 +310,7 @@ class Settings(BaseSettings):
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
     engine: EngineConfig = EngineConfig()
+    store: StoreConfig = StoreConfig()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
 
     @field_validator("upstreams", mode="before")

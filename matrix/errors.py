@@ -10,6 +10,8 @@
     │   ├── UpstreamRejected         the vendor refused the request (auth, audit, quota...)
     │   ├── UpstreamTimeout          no data for upstream_idle_timeout_s
     │   └── UpstreamProtocolError    malformed frame, or the stream ended without its end marker
+    ├── EngineUnavailable            the shared engine (Redis) does not answer (503)
+    ├── StoreUnavailable             the conversation store's database does not answer (503)
     ├── Overloaded                   this relay sheds load (503, Retry-After); try again, maybe elsewhere
     └── ShuttingDown                 the relay is draining; try again elsewhere
 
@@ -105,6 +107,14 @@ class EngineUnavailable(MatrixError):
     """The shared engine (Redis) does not answer: nothing can start or be found until it does."""
 
     code = "engine_unavailable"
+    status = 503
+    retryable = True
+
+
+class StoreUnavailable(MatrixError):
+    """The conversation store's database does not answer: conversations wait, plain streams go on."""
+
+    code = "store_unavailable"
     status = 503
     retryable = True
 

@@ -10,6 +10,7 @@ from matrix.app import create_app
 from matrix.config import EngineConfig, LimitsConfig, ServerConfig, Settings, StreamConfig
 from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
+from pgd import postgres_server
 from redisd import redis_server
 
 # Tests default to no disconnect grace, so a stop is visible at once; grace tests set it.
@@ -35,6 +36,13 @@ async def engine_config(engine, tmp_path):
         return
     async with redis_server(tmp_path) as server:  # a real redis-server per test, persistence off
         yield EngineConfig(kind="redis", url=server.url, prefix=f"t{uuid.uuid4().hex[:8]}:", owner_lease_s=1.0)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL cluster for the whole run, started when a test first needs it; a database per test."""
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -169,6 +169,44 @@ def test_redis_url_password_never_prints(tmp_path, monkeypatch):
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
 
 
+@pytest.mark.parametrize("table, named", [
+    ('url = "mysql://db/chats"', "store.url: Value error, must be a sqlite:///PATH or "
+                                 "postgresql://[user[:password]@]host[:port]/database URL (got scheme 'mysql')"),
+    ('url = "postgresql+asyncpg://db/chats"', "(got scheme 'postgresql+asyncpg')"),
+    ('url = "sqlite:///:memory:"', "store.url: Value error, a sqlite URL names a file"),
+    ('url = "sqlite://"', "store.url: Value error, a sqlite URL names a file"),
+    ('url = "postgresql:///chats"', "store.url: Value error, a postgresql URL names a host"),
+    ('history_messages = -1', "store.history_messages"),
+    ('timeout_s = 0', "store.timeout_s"),
+    ('title_chars = 2', "store.title_chars"),
+    ('kind = "sqlite"', "store.kind"),
+])
+def test_store_config_is_checked(tmp_path, table, named):
+    """A store URL of another scheme, with no file or host, or a bound out of range refuses to load, saying which."""
+    path = tmp_path / "matrix.toml"
+    path.write_text(f"[store]\n{table}\n")
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load(path, defaults={"upstreams": relay_upstreams()})
+
+
+def test_store_url_from_the_environment_never_prints(tmp_path, monkeypatch):
+    """`url = "${DATABASE_URL}"` takes the environment's URL; its password shows in no repr, str or dump."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://matrix:hunter2-pg@db.internal:5432/chats")
+    path = tmp_path / "matrix.toml"
+    path.write_text('[store]\nurl = "${DATABASE_URL}"\nhistory_messages = 8\n')
+    settings = load(path, defaults={"upstreams": relay_upstreams()})
+    assert settings.store.url.get_secret_value().endswith("@db.internal:5432/chats")
+    assert settings.store.history_messages == 8
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+def test_store_defaults_to_an_sqlite_file_in_the_working_directory(tmp_path, monkeypatch):
+    """With no [store] section, conversations go to sqlite:///matrix.db and 20 messages of history."""
+    monkeypatch.chdir(tmp_path)  # no matrix.toml here
+    settings = load(defaults={"upstreams": relay_upstreams()})
+    assert (settings.store.url.get_secret_value(), settings.store.history_messages) == ("sqlite:///matrix.db", 20)
+
+
 def test_workers_need_the_redis_engine(tmp_path):
     """`--workers 2` with the memory engine refuses to start and says why, before binding anything."""
     result = subprocess.run([sys.executable, "-m", "matrix", "serve", "--workers", "2", "--port", str(free_port())],
