@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import sys
@@ -45,37 +44,38 @@ async def transcript(url: str, conversation: str, key: str | None = None) -> dic
     return response.json()
 
 
-def provider_requests(stderr: str) -> list[dict]:
-    """The JSON bodies the relay sent the provider, from `matrix chat --trace` (SSE upstream: `POST URL`, blank line, body)."""
-    frames = re.findall(r"\[relay   => provider\] (.*?)\033\[0m", stderr, re.S)
-    return [json.loads(frame.split("\n\n", 1)[1]) for frame in frames]
+async def provider_heard(mock, tag: str) -> list[tuple[str, str]]:
+    """The (role, text) pairs of the one provider request tagged `tag`, as the mock read them."""
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        [conn] = (await client.get(f"{base_url(mock)}/_mock/stats", params={"tag": tag})).json()["connections"]
+    return [tuple(pair) for pair in conn["messages"]]
 
 
-def conversation_of(messages: list[dict]) -> list[tuple[str, str]]:
-    return [(m["role"], m.get("content", m.get("text"))) for m in messages]
+def turns(saved: dict) -> list[tuple[str, str]]:
+    return [(m["role"], m["text"]) for m in saved["messages"]]
 
 
 @pytest.mark.parametrize("down", ["sse", "ws"])
-async def test_second_chat_sends_the_first_turn_as_history(relay, down):
+async def test_second_chat_sends_the_first_turn_as_history(relay, mock, down):
     """A second `matrix chat --conversation X` reaches the provider with the first turn before it, and X keeps both turns."""
     url, conversation = base_url(relay), f"cli-{down}-{uuid.uuid4().hex[:8]}"
     first = "Remember the word lantern.\n#mock tokens=6 interval_ms=0"
-    second = "Which word did I ask you to remember?\n#mock tokens=4 interval_ms=0"
+    second = f"Which word did I ask you to remember?\n#mock tokens=4 interval_ms=0 tag={conversation}"
     code, out, err = await matrix("chat", first, "--conversation", conversation, "--downstream", down,
                                   "--upstream", "openai", url=url)
     assert code == 0, err
     assert expected_text(first) in out and "done/stop" in out
     code, out, err = await matrix("chat", second, "--conversation", conversation, "--downstream", down,
-                                  "--upstream", "openai", "--trace", url=url)
+                                  "--upstream", "openai", url=url)
     assert code == 0, err
     assert expected_text(second) in out
-    [sent] = provider_requests(err)
-    assert conversation_of(sent["messages"]) == [("user", first), ("assistant", expected_text(first)),
-                                                 ("user", second)]
+    assert await provider_heard(mock, conversation) == [("user", first), ("assistant", expected_text(first)),
+                                                        ("user", second)]
     saved = await transcript(url, conversation)
-    assert conversation_of(saved["messages"]) == [("user", first), ("assistant", expected_text(first)),
+    assert turns(saved) == [("user", first), ("assistant", expected_text(first)),
                                                   ("user", second), ("assistant", expected_text(second))]
     assert [m.get("status") for m in saved["messages"]] == [None, "stop", None, "stop"]
+    assert saved["messages"][1]["stream_id"] != saved["messages"][3]["stream_id"]
 
 
 async def test_interactive_loop_keeps_one_conversation_until_quit(relay):
@@ -90,7 +90,7 @@ async def test_interactive_loop_keeps_one_conversation_until_quit(relay):
     assert out.count("done/stop") == 2
     assert expected_text(first) in out and expected_text(second) in out
     saved = await transcript(url, conversation)
-    assert conversation_of(saved["messages"]) == [("user", first), ("assistant", expected_text(first)),
+    assert turns(saved) == [("user", first), ("assistant", expected_text(first)),
                                                   ("user", second), ("assistant", expected_text(second))]
 
 
@@ -109,16 +109,16 @@ async def test_interactive_loop_continues_a_named_conversation_until_eof(relay):
 
 
 async def test_interactive_loop_goes_on_after_a_failed_answer(relay):
-    """A provider error mid-answer is printed with its code; the next line still continues the conversation."""
+    """A provider error mid-answer (not retryable) is printed with its code; the next line still continues the conversation."""
     url, conversation = base_url(relay), f"fails-{uuid.uuid4().hex[:8]}"
-    failing = "Break \\\n#mock tokens=6 interval_ms=0 fault=error_after:2\n"
-    code, out, err = await matrix("chat", "--conversation", conversation, "--upstream", "openai", url=url,
+    failing = "Break \\\n#mock tokens=6 interval_ms=0 fault=error_after:2\n"  # Spark: 10014, upstream_rejected
+    code, out, err = await matrix("chat", "--conversation", conversation, "--upstream", "spark", url=url,
                                   stdin=failing + "Recover\n")
     assert code == 0, err  # the status of the last turn
-    assert re.search(r"^error upstream_\w+: .+", err, re.M), err
+    assert re.search(r"^error upstream_rejected: .+\(vendor code 10014\)$", err, re.M), err
     saved = await transcript(url, conversation)
     assert [m["role"] for m in saved["messages"]] == ["user", "assistant", "user", "assistant"]
-    assert saved["messages"][1]["status"].startswith("upstream_") and saved["messages"][3]["status"] == "stop"
+    assert [m.get("status") for m in saved["messages"]] == [None, "upstream_rejected", None, "stop"]
     shown = "".join(Script.parse(saved["messages"][0]["text"]).answer_tokens()[:2])
     assert saved["messages"][1]["text"] == shown and shown in out  # what was shown before the error is saved
 
@@ -179,3 +179,11 @@ async def test_conversations_lists_newest_first_and_prints_one(relay):
     assert f"\nassistant [stop, " in out and expected_text(bats) in out
     code, _, err = await matrix("conversations", f"missing-{uuid.uuid4().hex[:6]}", url=url)
     assert code == 1 and re.search(r"^error conversation_not_found: .+\(HTTP 404\)", err, re.M), err
+
+
+@pytest.mark.parametrize("down", ["sse", "ws"])
+async def test_a_wrong_key_prints_unauthorized(keyed_relay, down):
+    """A key the relay does not know prints `error unauthorized` with HTTP 401 on both downstreams (WS: the upgrade)."""
+    code, _, err = await matrix("chat", "hi", "--key", "tm-key-wrong", "--downstream", down, url=keyed_relay)
+    assert code == 1
+    assert re.search(r"^error unauthorized: .+\(HTTP 401\)$", err, re.M), err
