@@ -57,7 +57,7 @@ def turns(saved: dict) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("down", ["sse", "ws"])
 async def test_second_chat_sends_the_first_turn_as_history(relay, mock, down):
-    """A second `matrix chat --conversation X` reaches the provider with the first turn before it, and X keeps both turns."""
+    """A second `matrix chat --conversation X` reaches the provider after the first turn; X keeps both turns."""
     url, conversation = base_url(relay), f"cli-{down}-{uuid.uuid4().hex[:8]}"
     first = "Remember the word lantern.\n#mock tokens=6 interval_ms=0"
     second = f"Which word did I ask you to remember?\n#mock tokens=4 interval_ms=0 tag={conversation}"
@@ -109,7 +109,7 @@ async def test_interactive_loop_continues_a_named_conversation_until_eof(relay):
 
 
 async def test_interactive_loop_goes_on_after_a_failed_answer(relay):
-    """A provider error mid-answer (not retryable) is printed with its code; the next line still continues the conversation."""
+    """A provider error mid-answer (not retryable) is printed with its code; the next line still continues it."""
     url, conversation = base_url(relay), f"fails-{uuid.uuid4().hex[:8]}"
     failing = "Break \\\n#mock tokens=6 interval_ms=0 fault=error_after:2\n"  # Spark: 10014, upstream_rejected
     code, out, err = await matrix("chat", "--conversation", conversation, "--upstream", "spark", url=url,

@@ -599,7 +599,9 @@ class Lane {
     }
     this.render();
     // The relay sends the terminal event after saving the answer, so it is there to read now.
-    if (this.sentConversation) this.conversation.afterTurn(this.sentConversation, this.streamId, this.el.text.textContent);
+    if (this.sentConversation) {
+      this.conversation.afterTurn(this.sentConversation, this.streamId, this.el.text.textContent);
+    }
     this.app.laneFinished();
   }
 
@@ -713,7 +715,8 @@ function newConversationId() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-const when = (iso) => new Date(iso).toLocaleString([], {month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit'});
+const when = (iso) => new Date(iso).toLocaleString([], {month: 'short', day: 'numeric',
+                                                        hour: '2-digit', minute: '2-digit'});
 
 /** The conversation a lane continues: its id, a picker of the caller's conversations, and the
     turns. The page keeps no history of its own: the turns shown are what the relay saved
@@ -768,7 +771,9 @@ class ConversationView {
 
   async afterTurn(id, streamId, shown) {
     const messages = await this.read(id, {streamId, shown});
-    if (messages) this.lane.logNote(`the relay saved the turn: GET /v1/conversations/${id} → ${messages.length} messages`);
+    if (messages) {
+      this.lane.logNote(`the relay saved the turn: GET /v1/conversations/${id} → ${messages.length} messages`);
+    }
     this.refreshList();
   }
 
@@ -815,13 +820,14 @@ class ConversationView {
     head.append(span('who', message.role === 'user' ? 'you' : message.role));
     if (message.pending) head.append(span('fact', 'sent with conversation_id; the answer streams below'));
     if (message.role === 'assistant') {
-      head.append(span(`fact status ${message.status === 'stop' ? 'ok' : 'other'}`, message.status || '?'));
+      head.append(span(`fact ending${message.status === 'stop' ? '' : ' other'}`, message.status || '?'));
       if (typeof message.ttft_ms === 'number') head.append(span('fact', `TTFT ${ms(message.ttft_ms)}`));
       if (message.combo) head.append(span('fact', `${message.combo} via ${message.upstream}`));
     }
     if (check && message.stream_id === check.streamId) {
       const same = message.text === check.shown;
-      head.append(span(`check ${same ? 'ok' : 'bad'}`, same ? '✓ saved exactly as streamed' : '✗ saved text differs from what streamed'));
+      head.append(span(`check ${same ? 'ok' : 'bad'}`,
+                       same ? '✓ saved exactly as streamed' : '✗ saved text differs from what streamed'));
     }
     const text = document.createElement('div');
     text.className = 'turn-text';
@@ -844,8 +850,11 @@ class ConversationView {
 
   renderPick() {
     const options = this.known.map((c) => new Option(`${c.title} · ${when(c.updated_at)} · ${c.id.slice(0, 8)}`, c.id));
-    if (!this.id) options.unshift(new Option('a new one, on the next Start', ''));
-    else if (!this.known.some((c) => c.id === this.id)) options.unshift(new Option(`new · ${this.id.slice(0, 8)}`, this.id));
+    if (!this.id) {
+      options.unshift(new Option('a new one, on the next Start', ''));
+    } else if (!this.known.some((c) => c.id === this.id)) {
+      options.unshift(new Option(`new · ${this.id.slice(0, 8)}`, this.id));
+    }
     const pick = this.el['conversation-pick'];
     pick.replaceChildren(...options);
     pick.value = this.id || '';
