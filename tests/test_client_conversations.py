@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clients import TIMEOUT, expected_text
+from clients import TIMEOUT, expected_text, free_port
 from conftest import base_url
 from mock_ai.script import Script
 
@@ -131,6 +131,19 @@ async def test_a_refusal_prints_its_code_and_fails(relay, down):
     assert code == 1
     assert re.search(r"^error invalid_conversation_id: .+", err, re.M), err
     assert "-- error/invalid_conversation_id" in out
+
+
+@pytest.mark.parametrize("down", ["sse", "ws"])
+async def test_a_store_that_does_not_answer_is_retryable_and_the_loop_goes_on(make_relay, down):
+    """With the store down each line is refused `store_unavailable` (503, retryable), and the loop reads the next."""
+    dead = f"postgresql://matrix:secret@127.0.0.1:{free_port()}/matrix"  # nothing listens there
+    url = base_url(await make_relay(store={"url": dead, "timeout_s": 0.5}))
+    code, out, err = await matrix("chat", "--conversation", "later", "--downstream", down, url=url,
+                                  stdin="first try\nsecond try\n")
+    assert code == 1  # the last line failed
+    assert out.count("-- error/store_unavailable") == 2, err
+    suffix = r"\(HTTP 503, retryable\)$" if down == "sse" else r"\(retryable\)$"
+    assert len(re.findall(r"^error store_unavailable: .+" + suffix, err, re.M)) == 2, err
 
 
 @pytest.fixture
