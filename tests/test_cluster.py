@@ -373,7 +373,8 @@ async def test_drops_and_reconnects_through_nginx_give_every_event_once(relays, 
 
 async def test_a_conversation_across_replicas_saves_each_answer_once(tmp_path, mock_url, postgres):
     """Replicas sharing PostgreSQL: a turn started on A, resumed on B and read on C is saved once,
-    and the next turn, on B, sends the provider the whole history."""
+    and the next turn, on B, sends the provider the whole history; a turn whose relay is killed
+    is saved by the relay that ends it, as relay_lost, with the text its followers got."""
     store = f'[store]\nurl = "{await postgres.create_database()}"\n'
     async with cluster(tmp_path, mock_url, config_extra=store) as the_cluster:
         a, b, c = bases(the_cluster)
@@ -393,3 +394,17 @@ async def test_a_conversation_across_replicas_saves_each_answer_once(tmp_path, m
             saved = (await client.get(f"{c}/v1/conversations/{cid}")).json()["messages"]
         assert [(m["role"], m.get("stream_id")) for m in saved][:2] == [("user", None), ("assistant", sid)]
         assert len(saved) == 4 and saved[1]["text"] == text_of(events) and saved[1]["status"] == "stop"
+        lost = new_id()
+        body = {**chat_body(long_prompt(lost), SSE_UP), "stream_id": lost, "conversation_id": cid}
+        async with asyncio.TaskGroup() as group:
+            group.create_task(quietly(read_some("ws", a, body=body)))
+            await progressed(b, lost, 5)
+            follower = group.create_task(read_some("sse", b, stream_id=lost, after=-1))
+            await progressed(c, lost, 8)
+            the_cluster.replicas[0][0].kill()
+            followed = await follower
+        assert followed[-1]["code"] == "relay_lost" and text_of(followed)
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client, asyncio.timeout(TIMEOUT):
+            while len(saved := (await client.get(f"{c}/v1/conversations/{cid}")).json()["messages"]) < 6:
+                await asyncio.sleep(0.05)
+        assert (saved[5]["status"], saved[5]["text"], saved[5]["stream_id"]) == ("relay_lost", text_of(followed), lost)
