@@ -193,6 +193,7 @@ async def test_resumes_and_several_readers_save_it_once(make_relay, first, then)
     assert [(m["status"], m["text"]) for m in await answers(base, cid)] == [("stop", whole)]
 
 
+@pytest.mark.parametrize("engine", ["memory", "redis"])
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(["sse", "ws"]), st.integers(1, 12)), min_size=1, max_size=3),
        st.sampled_from([None, "cancel", "leave"]), st.sampled_from([SSE_UP, WS_UP]))
