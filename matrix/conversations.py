@@ -4,7 +4,8 @@ The relay calls `begin` when a request names `conversation_id` and `finish` when
 stream's pump ends, however it ends, before the terminal event goes out: a client that
 sends its next message on `done` finds the answer in the history. Exactly once is the
 store's (a unique stream id); here a save outlives a pump cancelled while it runs, and
-`aclose` waits for saves in flight before the store closes.
+`aclose` waits for saves in flight before the store closes. A stream whose relay was
+killed is saved by the relay whose engine ends it (`lost`, Redis engine).
 
 A store that cannot be reached at start-up does not stop the relay: requests without a
 conversation stream as ever, requests with one are refused with 503 `store_unavailable`,
