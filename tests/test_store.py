@@ -236,8 +236,8 @@ async def test_listing_pages_newest_first_without_gaps_or_duplicates(store):
 async def test_listing_breaks_ties_by_id(store):
     """Conversations updated in the same microsecond page in id order, none lost across page boundaries."""
     ids = [await turn(store, ALICE, None, f"c{n}") for n in range(5)]
-    async with store._engine.begin() as conn:  # the same update time for all: only the id orders them
-        await conn.execute(update(schema.conversations).values(updated_us=1_700_000_000_000_000))
+    # the same update time for all: only the id orders them
+    await sql(store, lambda conn: conn.execute(update(schema.conversations).values(updated_us=1_700_000_000_000_000)))
     seen, cursor = [], None
     for _ in range(5):
         items, cursor = await store.list_conversations(ALICE, 2, cursor)
@@ -388,9 +388,8 @@ async def test_schema_is_created_once_and_a_reopened_store_keeps_its_data(db_url
         got = await second.get_conversation(ALICE, cid)
         assert [m.text for m in got.messages] == ["remember me", "I will"]
         assert await second.finish_turn(cid, "s1", "again", "stop") is False  # exactly once survives the restart
-        async with second._engine.connect() as conn:
-            assert (await conn.execute(select(schema.schema_version.c.version))).scalars().all() == [
-                schema.SCHEMA_VERSION]
+        assert await sql(second, lambda conn: conn.execute(select(schema.schema_version.c.version)).scalars().all()) \
+            == [schema.SCHEMA_VERSION]
     finally:
         await second.aclose()
 
@@ -400,9 +399,8 @@ async def test_relays_opening_a_new_database_together_create_its_schema_once(db_
     stores = [SqlStore(StoreConfig(url=db_url)) for _ in range(4)]
     try:
         await asyncio.gather(*(store.open() for store in stores))
-        async with stores[0]._engine.connect() as conn:
-            assert (await conn.execute(select(schema.schema_version.c.version))).scalars().all() == [
-                schema.SCHEMA_VERSION]
+        assert await sql(stores[0], lambda conn: conn.execute(select(schema.schema_version.c.version))
+                         .scalars().all()) == [schema.SCHEMA_VERSION]
     finally:
         for store in stores:
             await store.aclose()
@@ -422,15 +420,14 @@ async def test_an_older_schema_is_upgraded_step_by_step(db_url, monkeypatch):
         await store.open()
         await store.aclose()
     assert ran == ["second", "third"]
-    async with store._engine.connect() as conn:
-        assert (await conn.execute(select(schema.schema_version.c.version))).scalar_one() == schema.SCHEMA_VERSION
-    await store._engine.dispose()
+    assert await sql(store, lambda conn: conn.execute(select(schema.schema_version.c.version)).scalar_one()) \
+        == schema.SCHEMA_VERSION
+    await store.aclose()
 
 
 async def test_a_newer_schema_refuses_to_open(store, db_url):
     """A database written by a newer relay is a clear ConfigError: an older relay does not write to it."""
-    async with store._engine.begin() as conn:
-        await conn.execute(update(schema.schema_version).values(version=99))
+    await sql(store, lambda conn: conn.execute(update(schema.schema_version).values(version=99)))
     newer = SqlStore(StoreConfig(url=db_url))
     with pytest.raises(ConfigError, match="schema is version 99, newer than this relay's 1: upgrade the relay"):
         await newer.open()
@@ -474,7 +471,6 @@ async def test_an_unopenable_sqlite_file_is_a_clear_error(tmp_path):
                                "OperationalError: unable to open database file"
     assert store.ready() == str(error.value)
     await store.aclose()
-    await asyncio.sleep(0.1)  # aiosqlite stops its thread after a failed connect, reporting to this loop: keep it open
 
 
 async def test_unreachable_postgresql_fails_open_at_once_with_a_clear_message():
@@ -551,5 +547,9 @@ async def test_a_postgresql_that_stops_answering_fails_within_the_timeout(own_po
 
 
 async def _count_messages(store: SqlStore) -> int:
-    async with store._engine.connect() as conn:
-        return (await conn.execute(select(func.count()).select_from(schema.messages))).scalar_one()
+    return await sql(store, lambda conn: conn.execute(select(func.count()).select_from(schema.messages)).scalar_one())
+
+
+async def sql(store: SqlStore, body):
+    """`body(connection)` in one transaction on the store's database, as the store runs its own."""
+    return await store._transactions.run(body)
