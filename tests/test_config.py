@@ -140,7 +140,8 @@ def _documented_configs() -> list[tuple[str, str]]:
 def test_every_documented_config_loads(tmp_path, monkeypatch, where, toml):
     """Each TOML example in the README and docs/ loads (fragments on top of the mocks' upstreams)."""
     for name in set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", toml)):
-        scheme, port = ("redis", 6379) if "REDIS" in name else ("http", 3128)  # a Redis URL, a proxy URL too
+        scheme, port = {"REDIS": ("redis", 6379), "DATABASE": ("postgresql", 5432)}.get(
+            name.split("_")[0], ("http", 3128))  # a Redis URL, a database URL, a proxy URL
         monkeypatch.setenv(name, f"{scheme}://value-of-{name.lower().replace('_', '-')}:{port}")
     path = tmp_path / "doc.toml"
     path.write_text(toml)
