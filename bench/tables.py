@@ -134,6 +134,39 @@ def workers(report: dict) -> Table:
                   "bench %", "box %", "saturated (runs)", "errors"], rows)
 
 
+def store(report: dict) -> Table:
+    data = report.get("store")
+    if not data:
+        return Table("", [], [])
+    rows = []
+    for name, cell in data["stores"].items():
+        if cell.get("skipped"):
+            rows.append([name, DASH, f"skipped: {cell['skipped']}", *[DASH] * 7])
+        for combo, c in (cell.get("by_combo") or {}).items():
+            plain, conv, added, back = c["plain"], c["conversation"], c["added"], c["readback"]
+            rows.append([name, combo, _p50_p99(plain["ttft"]), _p50_p99(conv["ttft"]),
+                         f'{num(added["ttft_p50_ms"])} / {num(added["ttft_p99_ms"])}',
+                         _p50_p99(plain["done_after_last_delta"]), _p50_p99(conv["done_after_last_delta"]),
+                         f'{num(added["done_p50_ms"])} / {num(added["done_p99_ms"])}',
+                         f'{conv["ttft"]["n"]} + {plain["ttft"]["n"]} / {conv["errors"]} + {plain["errors"]}',
+                         f'{back["complete"]}/{back["conversations"]}, {back["history_seen"]}/{back["answers"]}'])
+    noise = data.get("noise") or {}
+    return Table(f"Conversation store: sequential requests on a relay per store, shuffled; conversation = continues "
+                 f"one of {data['conversations']} conversations by a turn ({data['turns']} turns, history up to "
+                 f"{data['history_messages']} messages), plain = names none; added = conversation − plain; "
+                 "terminal = last delta → `done` (the answer is saved in between); readback = conversations "
+                 "holding every turn, answers whose provider saw the whole history (its prompt_tokens); box "
+                 f"{num(noise.get('box_busy_pct'), 0)} % busy of 200, outside the bench "
+                 f"{num(noise.get('other_pct'), 0)} %",
+                 ["store", "combo", "plain TTFT p50/p99 ms", "conversation TTFT p50/p99 ms", "added p50/p99 ms",
+                  "plain terminal p50/p99 ms", "conversation terminal p50/p99 ms", "terminal added p50/p99 ms",
+                  "n conv + plain / errors", "readback"], rows)
+
+
+def _p50_p99(stat: dict) -> str:
+    return f'{num(stat.get("p50"))} / {num(stat.get("p99"))}'
+
+
 def overload(report: dict) -> Table:
     data = report.get("overload")
     if not data:
@@ -159,11 +192,12 @@ def goals(report: dict) -> Table:
     rows = [[g["goal"], g["target"], g["measured"],
              verdict[g["met"]] + (f" ({', '.join(g['missed'])})" if g["missed"] else "")]
             for g in report.get("goals", [])]
-    return Table("Goals (issues 4 and 11; the front door: issue 10; the Redis engine and workers: issue 9)",
+    return Table("Goals (issues 4 and 11; the front door: issue 10; the Redis engine and workers: issue 9; "
+                 "the conversation store: issue 12)",
                  ["goal", "target", "measured", "verdict"], rows)
 
 
 def all_tables(report: dict) -> list[Table]:
     tables = [paced(report), engines(report), front_door(report), ttft(report), burst(report), stop(report),
-              overload(report), workers(report), goals(report)]
+              store(report), overload(report), workers(report), goals(report)]
     return [t for t in tables if t.rows]
