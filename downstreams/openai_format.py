@@ -63,6 +63,7 @@ class _Request(BaseModel):
     max_completion_tokens: int | None = None
     user: str | None = None
     n: int | None = None
+    conversation_id: str | None = None  # ours, not OpenAI's: the SDK sends it with extra_body=
 
 
 class Options(BaseModel):
@@ -95,7 +96,8 @@ def completion_request(body: Any) -> tuple[ChatRequest, Options]:
               "max_tokens": request.max_completion_tokens or request.max_tokens}
     try:
         chat = ChatRequest.model_validate({"messages": messages, "upstream": request.model,
-                                           "params": {k: v for k, v in params.items() if v is not None}})
+                                           "params": {k: v for k, v in params.items() if v is not None},
+                                           "conversation_id": request.conversation_id})
     except ValidationError as exc:
         refused = refusal(exc)  # named as the client named it: `temperature`, not `params.temperature`
         ours = refused.param or ""

@@ -66,7 +66,7 @@ class Access:
         return origin is None or origin in self._origins or origin.partition("://")[2] == request.host
 
 
-CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+CORS_HEADERS = {"Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID",
                 "Access-Control-Max-Age": "600", "Vary": "Origin"}
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+import downstreams.conversations
 import downstreams.openai
 import downstreams.sse
 import downstreams.ws
 import engines
+import stores
 import upstreams
 
 from . import access
@@ -51,7 +53,8 @@ async def errors_as_json(request: web.Request, handler):
 def create_app(settings: Settings) -> web.Application:
     install_log_filters()
     relay = Relay(settings, {name: upstreams.build(name, cfg, settings.stream)
-                             for name, cfg in settings.upstreams.items()}, engines.build(settings))
+                             for name, cfg in settings.upstreams.items()}, engines.build(settings),
+                  stores.build(settings))
     guard = access.Access(settings, relay.engine)
     app = web.Application(middlewares=[errors_as_json, access.middleware(guard)],
                           client_max_size=settings.server.max_body_bytes)
@@ -72,6 +75,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/streams/{stream_id}/events", downstreams.sse.resume)
     app.router.add_post("/v1/streams/{stream_id}/cancel", cancel)
     app.router.add_get("/v1/upstreams", list_upstreams)
+    app.router.add_get("/v1/conversations", downstreams.conversations.listing)
+    app.router.add_get("/v1/conversations/{conversation_id}", downstreams.conversations.read)
+    app.router.add_patch("/v1/conversations/{conversation_id}", downstreams.conversations.rename)
+    app.router.add_delete("/v1/conversations/{conversation_id}", downstreams.conversations.delete)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -87,6 +94,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def open_engine(app: web.Application) -> None:
         await relay.engine.open()
+        if relay.conversations is not None:  # one that does not answer is logged; only conversations wait for it
+            await relay.conversations.open()
         relay.shedder.start()
 
     async def stop_shedder(app: web.Application) -> None:
@@ -135,8 +144,10 @@ async def healthz(request: web.Request) -> web.Response:
     """Liveness: 200 while the process serves at all, overloaded or not (that is /readyz's business)."""
     relay = request.app[RELAY]
     # pid: which process answered, where several relays share a port (--workers)
+    # store: null while conversations can start, else why not (streams without one are not affected)
+    store = relay.conversations.ready() if relay.conversations is not None else "no conversation store"
     return web.json_response({"status": "ok", "streams": relay.engine.local_streams, "pid": os.getpid(),
-                              "loop_lag_ms": round(relay.shedder.lag_s * 1000, 1)})
+                              "loop_lag_ms": round(relay.shedder.lag_s * 1000, 1), "store": store})
 
 
 async def readyz(request: web.Request) -> web.Response:

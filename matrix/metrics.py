@@ -49,6 +49,9 @@ class Metrics:
         self.client_streams = Counter("matrix_client_streams_started_total",
                                       "Streams started, by client name or key fingerprint (anonymous without keys)",
                                       ["client"], registry=r)
+        self.answers_saved = Counter("matrix_conversation_answers_total", "Answers of conversation streams, by "
+                                     "what their save did: saved, duplicate (saved before, or the conversation "
+                                     "was deleted) or failed (the store did not answer)", ["result"], registry=r)
         self.refusals = Counter("matrix_requests_refused_total", "Requests refused before a stream, by code",
                                 ["code"], registry=r)
 

@@ -5,7 +5,9 @@ so that a client which drops can resume while the provider keeps going for
 `disconnect_grace_s`. Downstream handlers follow a stream as readers; when the last
 reader leaves an unfinished stream the grace timer starts, and when it fires (or on an
 explicit stop) the pump is cancelled, which closes the provider connection. Where the
-stream's log, readers and limits live is the engine's business (matrix/engine.py).
+stream's log, readers and limits live is the engine's business (matrix/engine.py); a
+stream that names a conversation begins its turn before the pump starts and saves its
+answer before its terminal event (matrix/conversations.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .config import Settings
-from .errors import MatrixError, RequestError, ShuttingDown, StreamNotFound, UpstreamError, UpstreamProtocolError
+from .conversations import Conversations
+from .errors import (MatrixError, RequestError, ShuttingDown, StoreUnavailable, StreamNotFound, UpstreamError,
+                     UpstreamProtocolError)
 from .identity import may_touch
 from .limits import check_request
 from .engine import Engine, MemoryEngine
@@ -27,6 +31,7 @@ from .metrics import Metrics
 from .passes import EachPass
 from .overload import Shedder
 from .request import ChatRequest
+from .store import Store, Turn
 from .stream import Stream
 from .provider import Finish, Upstream
 
@@ -34,7 +39,8 @@ log = logging.getLogger("matrix.relay")
 
 
 class Relay:
-    def __init__(self, settings: Settings, upstreams: dict[str, Upstream], engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, upstreams: dict[str, Upstream], engine: Engine | None = None,
+                 store: Store | None = None) -> None:
         self.settings = settings
         self.upstreams = upstreams
         self.engine: Engine = engine or MemoryEngine(settings)
@@ -42,6 +48,8 @@ class Relay:
         self._pumps: dict[str, asyncio.Task] = {}
         self._stopping = False
         self.metrics = Metrics()
+        self.conversations = (None if store is None else Conversations(
+            store, settings.store.timeout_s, lambda result: self.metrics.answers_saved.labels(result).inc()))
         self.shedder = Shedder(settings.limits, lambda: len(self._pumps))
         self.metrics.watch_load(self.shedder)
 
@@ -71,16 +79,29 @@ class Relay:
     async def _open(self, chat: ChatRequest, name: str, upstream: Upstream, downstream: str, client: str) -> Stream:
         stream_id = chat.stream_id or uuid.uuid4().hex
         await self.engine.admit(client, stream_id)
+        turn = None
         try:
+            if chat.conversation_id is not None:
+                # After admission (a refused client costs no database work), before the
+                # stream exists (a refused turn leaves no stream behind).
+                chat, turn = await self._conversations().begin(chat, client)
             stream, follow = await self.engine.create(stream_id, client, name, f"{downstream}-{upstream.transport}")
-        except BaseException:
+        except BaseException as exc:
             await self.engine.release(client, stream_id)
+            if turn is not None:  # its user message is saved: its answer says why none came
+                await self._conversations().refused(turn, getattr(exc, "code", "internal"))
             raise
         self.metrics.stream_started(stream)
-        event(log, "stream start", stream_id=stream_id, combo=stream.combo, upstream=name, client=client)
+        event(log, "stream start", stream_id=stream_id, combo=stream.combo, upstream=name, client=client,
+              conversation_id=chat.conversation_id)
         self._pumps[stream_id] = asyncio.get_running_loop().create_task(
-            self._pump(stream, upstream, chat), name=f"pump-{stream_id}")
+            self._pump(stream, upstream, chat, turn), name=f"pump-{stream_id}")
         return follow
+
+    def _conversations(self) -> Conversations:
+        if self.conversations is None:
+            raise StoreUnavailable("this relay has no conversation store")
+        return self.conversations
 
     async def get(self, stream_id: str, client: str = "") -> Stream:
         """The stream's log, if it exists and `client` may touch it (with API keys: only its owner)."""
@@ -120,21 +141,33 @@ class Relay:
 
     # -- the pump ---------------------------------------------------------------------
 
-    async def _pump(self, stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
+    async def _pump(self, stream: Stream, upstream: Upstream, chat: ChatRequest, turn: Turn | None) -> None:
+        # A conversation's answer is kept as the pump adds it: the log may trim old events.
+        answer: list[str] | None = None if turn is None else []
+        cancelled: asyncio.CancelledError | None = None
+        end: Finish | MatrixError
         try:
-            await self._relay_with_retries(stream, upstream, chat)
-        except asyncio.CancelledError:
-            if self._stopping:
-                stream.fail(ShuttingDown("the relay shut down before the answer finished"))
-            else:
-                stream.finish("cancelled")
-            raise
+            end = await self._relay_with_retries(stream, upstream, chat, answer)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            end = (ShuttingDown("the relay shut down before the answer finished") if self._stopping
+                   else Finish("cancelled"))
         except MatrixError as exc:
-            stream.fail(exc)
+            end = exc
         except Exception as exc:  # a bug: the client still gets a terminal event
             log.exception("stream %s: internal error", stream.id)
-            stream.fail(MatrixError(f"internal error: {type(exc).__name__}"))
+            end = MatrixError(f"internal error: {type(exc).__name__}")
+        try:
+            if turn is not None and answer is not None:  # saved before the client hears the end
+                await self._conversations().finish(
+                    turn, stream, "".join(answer), end.reason if isinstance(end, Finish) else end.code,
+                    end.usage if isinstance(end, Finish) else None,
+                    round((asyncio.get_running_loop().time() - stream.started_at) * 1000, 1))
         finally:
+            if isinstance(end, Finish):
+                stream.finish(end.reason, end.usage)
+            else:
+                stream.fail(end)
             self._pumps.pop(stream.id, None)
             self.engine.ended(stream)
             now = asyncio.get_running_loop().time()
@@ -148,15 +181,17 @@ class Relay:
                   if stream.first_text_at is not None else None,
                   duration_ms=round((now - stream.started_at) * 1000, 1))
             await self.engine.release(stream.owner, stream.id)
+        if cancelled is not None:
+            raise cancelled
 
-    async def _relay_with_retries(self, stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
+    async def _relay_with_retries(self, stream: Stream, upstream: Upstream, chat: ChatRequest,
+                                  answer: list[str] | None) -> Finish:
         cfg = self.settings.stream
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.retry_budget_s
         for attempt in range(1, cfg.retry_attempts + 1):
             try:
-                await self._relay_once(stream, upstream, chat)
-                return
+                return await self._relay_once(stream, upstream, chat, answer)
             except UpstreamError as exc:
                 # Retry only before the first token: after that the client already holds text.
                 backoff = cfg.retry_backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
@@ -169,8 +204,11 @@ class Relay:
                 await asyncio.sleep(backoff)
 
     @staticmethod
-    async def _relay_once(stream: Stream, upstream: Upstream, chat: ChatRequest) -> None:
-        add = stream.add
+    async def _relay_once(stream: Stream, upstream: Upstream, chat: ChatRequest, answer: list[str] | None) -> Finish:
+        """One provider attempt: its text into the stream (and `answer`), until its end marker.
+
+        Without a conversation the end goes out at once; with one, the pump sends it after the save."""
+        add = stream.add if answer is None else _keeping(stream.add, answer)
         async with upstream.open(chat, stream.trace if chat.trace else None) as batches:
             # Readers hear once per loop pass, of all the text that pass brought (matrix/passes.py).
             async for batch in EachPass(batches, stream.announce):
@@ -179,8 +217,9 @@ class Relay:
                         add(item)
                     else:
                         assert isinstance(item, Finish)
-                        stream.finish(item.reason, item.usage)
-                        return
+                        if answer is None:
+                            stream.finish(item.reason, item.usage)
+                        return item
         raise UpstreamProtocolError(f"{upstream.name}: the provider stream ended without its end marker")
 
     # -- shutdown ---------------------------------------------------------------------
@@ -196,5 +235,15 @@ class Relay:
         if pumps:
             await asyncio.gather(*pumps, return_exceptions=True)
         await self.engine.aclose()
+        if self.conversations is not None:
+            await self.conversations.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
+
+
+def _keeping(add, answer: list[str]):
+    """`add`, also keeping each piece in `answer`: a conversation's copy of what its readers get."""
+    def add_and_keep(text: str) -> None:
+        add(text)
+        answer.append(text)
+    return add_and_keep

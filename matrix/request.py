@@ -35,6 +35,8 @@ class ChatRequest(BaseModel):
     stream_id: str | None = Field(None, pattern=STREAM_ID_PATTERN)
     params: Params = Params()
     trace: bool = False  # also stream the raw provider frames, as `trace` events
+    # Continue (or start) a conversation kept by the relay (matrix/conversations.py); checked there.
+    conversation_id: str | None = None
 
     @property
     def last_user_text(self) -> str:

@@ -139,7 +139,8 @@ class AnthropicMessages:
             raise ValueError("messages: each message needs role 'user' or 'assistant'")
         user = [text for role, text in texts if role == "user"]
         return Ask(text=user[-1] if user else "", context=text_of(request.get("system")) + "".join(t for _, t in texts),
-                   max_tokens=request["max_tokens"], stream=bool(request.get("stream")), model=request["model"])
+                   max_tokens=request["max_tokens"], stream=bool(request.get("stream")), model=request["model"],
+                   messages=(("system", text_of(request.get("system"))),) * ("system" in request) + tuple(texts))
 
     def bad_request(self, message: str) -> web.Response:
         return _error_response(400, error("invalid_request_error", message))

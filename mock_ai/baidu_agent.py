@@ -96,7 +96,7 @@ class BaiduAgent:
         if not isinstance(text, str):
             raise ValueError("message.content.value.showText must be a string")
         thread_id = request.get("threadId") or uuid.uuid4().hex
-        return Ask(text=text, context=text, thread_id=str(thread_id))
+        return Ask(text=text, context=text, thread_id=str(thread_id), messages=(("user", text),))
 
     def bad_request(self, message: str) -> web.Response:
         return self._one_frame(error(1000, f"invalid request: {message}"))

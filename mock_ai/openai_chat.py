@@ -111,7 +111,7 @@ class OpenAIChat:
         return Ask(text=user[-1] if user else "", context="".join(text for _, text in texts),
                    max_tokens=max_tokens, stream=bool(request.get("stream")),
                    include_usage=bool(options.get("include_usage")),
-                   model=str(request.get("model") or "mock-model"))
+                   model=str(request.get("model") or "mock-model"), messages=tuple(texts))
 
     def bad_request(self, message: str) -> web.Response:
         return json_response(400, error(message, "invalid_request_error"))

@@ -31,6 +31,7 @@ class Ask:
     include_usage: bool = False
     model: str = ""
     thread_id: str = ""
+    messages: tuple[tuple[str, str], ...] = ()  # (role, text) as the request listed them, for stats
 
     @property
     def prompt_tokens(self) -> int:

@@ -146,6 +146,7 @@ async def _answer(event: dict[str, Any], channel: RealtimeChannel, ws: web.WebSo
 async def _respond(channel: RealtimeChannel, ws: web.WebSocketResponse, session: Session, script: Script,
                    ask: Any, conn: Connection) -> None:
     conn.tag = script.tag or conn.tag  # one connection, many responses: the last tag named
+    conn.messages = list(ask.messages)
     tokens, finish = plan(script, ask)
     dialect = RealtimeDialect(ask, finish, beta=session.beta or script.beta, with_usage=script.usage,
                               error_code=script.error)

@@ -92,7 +92,8 @@ class Session:
             else self.max_output_tokens
         instructions = str(response.get("instructions", self.instructions))
         return Ask(text=user[-1] if user else "", context=instructions + "".join(t for _, t in texts),
-                   max_tokens=max_tokens, model=self.model)
+                   max_tokens=max_tokens, model=self.model,
+                   messages=(("system", instructions),) * bool(instructions) + tuple(texts))
 
 
 def limit(value: Any) -> int | None:

@@ -155,7 +155,7 @@ async def _converse(request: web.Request, ws: web.WebSocketResponse, state: Mock
         script = state.script_for(NAME, ask.text, base=base)
     except DirectiveError as exc:
         return await refuse(10005, f"invalid parameter value: {exc}")
-    conn.tag = script.tag
+    conn.tag, conn.messages = script.tag, list(ask.messages)
     tokens, _ = plan(script, ask)  # Spark frames carry no finish reason
     async with WSChannel(request, ws) as channel:
         try:
@@ -180,4 +180,4 @@ def read(data: str | bytes) -> tuple[str, str, Ask]:
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise ValueError("parameter.chat.max_tokens must be a positive integer")
     return str(app_id), str(domain), Ask(
-        text=users[-1], context="".join(c for _, c in contents), max_tokens=max_tokens)
+        text=users[-1], context="".join(c for _, c in contents), max_tokens=max_tokens, messages=tuple(contents))

@@ -76,7 +76,7 @@ def handler(vendor: SSEVendor) -> Callable[[web.Request], Awaitable[web.StreamRe
             except ValueError as exc:  # bad JSON, bad body shape, bad #mock directive
                 conn.close("rejected")
                 return vendor.bad_request(str(exc))
-            conn.tag = script.tag
+            conn.tag, conn.messages = script.tag, list(ask.messages)
             status = script.fault.http_status if script.fault else None
             if status is not None:
                 conn.close("fault")

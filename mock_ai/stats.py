@@ -23,6 +23,7 @@ class Connection:
     tag: str = ""
     outcome: Outcome = "open"
     tokens_sent: int = 0
+    messages: list[tuple[str, str]] = field(default_factory=list)  # the request's (role, text), in order
     opened_at: float = field(default_factory=time.monotonic)
     closed_at: float | None = None
 
