@@ -113,8 +113,8 @@ def _store_rows(data: dict) -> list[dict]:
         if cell.get("skipped"):
             note = f"skipped: {cell['skipped']}"
         else:
-            note = "; ".join(f"{c}: p99 {_fmt(by_combo[c]['added']['ttft_p99_ms'], 2)} ms, terminal event "
-                             f"{_fmt(by_combo[c]['added']['done_p50_ms'], 2)} ms later (p50), "
+            note = "; ".join(f"{c}: p99 {_fmt(by_combo[c]['added']['ttft_p99_ms'], 2)} ms, `done` "
+                             f"{_fmt(by_combo[c]['added']['done_after_last_token_p50_ms'], 2)} ms later (p50), "
                              f"{by_combo[c]['readback']['complete']}/{by_combo[c]['readback']['conversations']} "
                              "conversations complete" for c in by_combo)
         rows.append(_row(f"TTFT added by the conversation store, {name}: p50 of conversation − plain requests "

@@ -9,6 +9,11 @@ reads the history (growing up to `[store] history_messages`, 20 by default) befo
 the provider, and saves the answer before it sends the terminal event. Added = the
 conversation requests' percentile minus the plain ones', same relay, same window.
 
+Measured per request, on the client's clock (the mock stamps each token as it sends it):
+`ttft`, request sent → first token; `last_token`, the provider's last token sent → received;
+`done_after_last_token`, the provider's last token sent → terminal event received (the save
+of the answer sits in between); `done_after_last_delta`, last token received → terminal event.
+
 Afterwards every conversation is read back (`GET /v1/conversations/{id}`): it must hold
 2 × turns messages, every answer `stop`; and each answer's `usage.prompt_tokens` (the mock
 counts one per character of every message it received) must equal the length of the
@@ -38,6 +43,7 @@ from .quantiles import latency_ms
 from .sysstat import children, noise_probe_ms
 
 KINDS = ("plain", "conversation")
+METRICS = ("ttft", "last_token", "done_after_last_token", "done_after_last_delta")
 WARM_TURNS = 2          # on conversations of their own, not counted: pools, caches and first statements warm up
 REQUEST_TIMEOUT_S = 30.0
 HISTORY = StoreConfig.model_fields["history_messages"].default  # the relays run with the default
@@ -59,8 +65,8 @@ class _Route:
     base: str
     send: Send
     ids: list[str]
-    ttft_ns: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
-    done_ns: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    samples: dict[str, dict[str, list[int]]] = field(  # kind -> metric -> ns
+        default_factory=lambda: {k: {m: [] for m in METRICS} for k in KINDS})
     errors: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
     first_error: str | None = None
 
@@ -156,15 +162,17 @@ async def _round(lab: Lab, routes: list[_Route], turn: int, warm: bool = False) 
             route.errors[kind] += 1
             route.first_error = route.first_error or tally.error or "no token or no terminal event"
             continue
-        route.ttft_ns[kind].append(tally.first_ns - tally.sent_ns)
-        route.done_ns[kind].append(tally.end_ns - tally.last_ns)
+        last_sent = tally.last_ns - tally.lat_ns[-1]  # the mock's stamp on the last token
+        for metric, ns in zip(METRICS, (tally.first_ns - tally.sent_ns, tally.lat_ns[-1], tally.end_ns - last_sent,
+                                        tally.end_ns - tally.last_ns)):
+            route.samples[kind][metric].append(ns)
 
 
 def _cell(route: _Route) -> dict:
-    cell: dict = {kind: {"ttft": latency_ms(route.ttft_ns[kind]), "done_after_last_delta": latency_ms(
-        route.done_ns[kind]), "errors": route.errors[kind]} for kind in KINDS}
-    cell["added"] = {f"{what}_{p}_ms": _minus(cell["conversation"][key].get(p), cell["plain"][key].get(p))
-                     for what, key in (("ttft", "ttft"), ("done", "done_after_last_delta")) for p in ("p50", "p99")}
+    cell: dict = {kind: {**{m: latency_ms(route.samples[kind][m]) for m in METRICS}, "errors": route.errors[kind]}
+                  for kind in KINDS}
+    cell["added"] = {f"{m}_{p}_ms": _minus(cell["conversation"][m].get(p), cell["plain"][m].get(p))
+                     for m in METRICS for p in ("p50", "p99")}
     cell["first_error"] = route.first_error
     return cell
 

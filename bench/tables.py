@@ -145,21 +145,21 @@ def store(report: dict) -> Table:
         for combo, c in (cell.get("by_combo") or {}).items():
             plain, conv, added, back = c["plain"], c["conversation"], c["added"], c["readback"]
             rows.append([name, combo, _p50_p99(plain["ttft"]), _p50_p99(conv["ttft"]),
-                         f'{num(added["ttft_p50_ms"])} / {num(added["ttft_p99_ms"])}',
-                         _p50_p99(plain["done_after_last_delta"]), _p50_p99(conv["done_after_last_delta"]),
-                         f'{num(added["done_p50_ms"])} / {num(added["done_p99_ms"])}',
+                         *(f'{num(added[f"{m}_p50_ms"])} / {num(added[f"{m}_p99_ms"])}'
+                           for m in ("ttft", "last_token", "done_after_last_token")),
+                         f'{num(plain["done_after_last_delta"]["p50"])} / {num(conv["done_after_last_delta"]["p50"])}',
                          f'{conv["ttft"]["n"]} + {plain["ttft"]["n"]} / {conv["errors"]} + {plain["errors"]}',
                          f'{back["complete"]}/{back["conversations"]}, {back["history_seen"]}/{back["answers"]}'])
     noise = data.get("noise") or {}
-    return Table(f"Conversation store: sequential requests on a relay per store, shuffled; conversation = continues "
-                 f"one of {data['conversations']} conversations by a turn ({data['turns']} turns, history up to "
-                 f"{data['history_messages']} messages), plain = names none; added = conversation − plain; "
-                 "terminal = last delta → `done` (the answer is saved in between); readback = conversations "
-                 "holding every turn, answers whose provider saw the whole history (its prompt_tokens); box "
-                 f"{num(noise.get('box_busy_pct'), 0)} % busy of 200, outside the bench "
-                 f"{num(noise.get('other_pct'), 0)} %",
-                 ["store", "combo", "plain TTFT p50/p99 ms", "conversation TTFT p50/p99 ms", "added p50/p99 ms",
-                  "plain terminal p50/p99 ms", "conversation terminal p50/p99 ms", "terminal added p50/p99 ms",
+    return Table(f"Conversation store (ms): sequential requests on a relay per store, shuffled; conversation = "
+                 f"continues one of {data['conversations']} conversations by a turn ({data['turns']} turns, history up "
+                 f"to {data['history_messages']} messages), plain = names none; added = conversation − plain; last "
+                 "token = provider sent → client received; done = provider's last token sent → `done` received (the "
+                 "answer is saved in between); readback = conversations holding every turn, answers whose provider "
+                 f"received the whole history (its prompt_tokens); box {num(noise.get('box_busy_pct'), 0)} % busy "
+                 f"of 200, outside the bench {num(noise.get('other_pct'), 0)} %",
+                 ["store", "combo", "plain TTFT p50/p99", "conversation TTFT p50/p99", "TTFT added p50/p99",
+                  "last token added p50/p99", "done added p50/p99", "last delta → done p50 plain/conversation",
                   "n conv + plain / errors", "readback"], rows)
 
 
