@@ -14,7 +14,8 @@ from .config import COMBOS, load
 from .errors import ConfigError
 
 EPILOG = """combinations (downstream-upstream): sse-sse, sse-ws, ws-sse, ws-ws.
-Start with `matrix demo`, then in another terminal: matrix chat "你好" --downstream ws --upstream spark"""
+Start with `matrix demo`, then in another terminal: matrix chat "你好" --downstream ws --upstream spark
+A conversation the relay remembers: matrix chat --conversation ID [PROMPT]; list them: matrix conversations"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,21 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--mock-port", type=int, default=9100)
     _mock_defaults(demo)
 
-    chat = commands.add_parser("chat", help="stream one answer through the relay and time it",
+    chat = commands.add_parser("chat", help="stream answers through the relay and time them; continue a conversation",
                                description="Send PROMPT through a running relay and print tokens as they "
-                                           "arrive, then time to first token and tokens/s.")
-    chat.add_argument("prompt")
+                                           "arrive, then time to first token and tokens/s. With --conversation "
+                                           "the relay keeps the history and sends it to the provider. Without "
+                                           "PROMPT, read prompts from stdin, one per line (a line ending in \\ "
+                                           "continues), until EOF or /quit, all in one conversation.")
+    chat.add_argument("prompt", nargs="?", help="one prompt; leave it out for an interactive conversation")
+    chat.add_argument("--conversation", default=None, metavar="ID",
+                      help="continue (or start) the conversation ID (1-64 of A-Z a-z 0-9 _ -); without it the "
+                           "interactive loop makes a new one and prints its id")
     chat.add_argument("--downstream", choices=("sse", "ws"), default="sse", help="client-side transport")
     chat.add_argument("--upstream", default=None, help="upstream name from GET /v1/upstreams (default: the relay's)")
-    chat.add_argument("--url", default="http://127.0.0.1:8080", help="the relay's base URL")
     chat.add_argument("--trace", action="store_true",
                       help="also print both hops' raw frames: provider frames in/out, and client frames")
-    chat.add_argument("--key", default=os.environ.get("MATRIX_API_KEY"),
-                      help="API key when the relay has [auth] keys (default: $MATRIX_API_KEY)")
-    chat.add_argument("--ca-file", default=None,
-                      help="PEM CA bundle to trust for an https:// relay, besides the system's")
-    chat.add_argument("--client-cert", default=None, help="PEM client certificate, for a relay with tls_client_ca")
-    chat.add_argument("--client-key", default=None, help="its PEM private key")
+    _client_options(chat)
+
+    conversations = commands.add_parser("conversations", help="list your conversations, or print one",
+                                        description="List the conversations the relay keeps for you (your API "
+                                                    "key, or your address without keys), newest first; with ID, "
+                                                    "print its messages.")
+    conversations.add_argument("id", nargs="?", metavar="ID", help="a conversation to print")
+    conversations.add_argument("--limit", type=int, default=20, help="how many to list (1-100, default 20)")
+    conversations.add_argument("--cursor", default=None, help="continue a listing where the last one stopped")
+    _client_options(conversations)
 
     commands.add_parser("bench", help="compare the latency and CPU cost of the four combinations",
                         add_help=False, description="See `matrix bench --help`.")
@@ -85,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        if args.command == "chat":
-            from .client import chat_command
-            return asyncio.run(chat_command(args))
+        if args.command in ("chat", "conversations"):
+            from . import client
+            return asyncio.run(client.chat_command(args) if args.command == "chat"
+                               else client.conversations_command(args))
         if args.command == "serve" and args.workers != 1:
             return _workers(args, argv)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -142,6 +153,17 @@ def _relay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--combo", choices=COMBOS, default=None, help="pin one combination, e.g. ws-sse")
     p.add_argument("--host", default=None, help="address to bind (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port to bind (default from config: 8080)")
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    """Where the relay is and how to be let in: shared by `chat` and `conversations`."""
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the relay's base URL")
+    p.add_argument("--key", default=os.environ.get("MATRIX_API_KEY"),
+                   help="API key when the relay has [auth] keys (default: $MATRIX_API_KEY)")
+    p.add_argument("--ca-file", default=None,
+                   help="PEM CA bundle to trust for an https:// relay, besides the system's")
+    p.add_argument("--client-cert", default=None, help="PEM client certificate, for a relay with tls_client_ca")
+    p.add_argument("--client-key", default=None, help="its PEM private key")
 
 
 def _mock_defaults(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@ The relay calls `begin` when a request names `conversation_id` and `finish` when
 stream's pump ends, however it ends, before the terminal event goes out: a client that
 sends its next message on `done` finds the answer in the history. Exactly once is the
 store's (a unique stream id); here a save outlives a pump cancelled while it runs, and
-`aclose` waits for saves in flight before the store closes.
+`aclose` waits for saves in flight before the store closes. A stream whose relay was
+killed is saved by the relay whose engine ends it (`lost`, Redis engine).
 
 A store that cannot be reached at start-up does not stop the relay: requests without a
 conversation stream as ever, requests with one are refused with 503 `store_unavailable`,
@@ -18,7 +19,8 @@ import logging
 import time
 from typing import Callable
 
-from .errors import MatrixError, RequestError, StoreUnavailable
+from .errors import MatrixError, RequestError, ResumeGap, StoreUnavailable
+from .events import Delta, Error
 from .logs import event
 from .request import ChatRequest
 from .store import Store, Turn, check_conversation_id
@@ -92,24 +94,38 @@ class Conversations:
         """Save the answer; a pump cancelled meanwhile stops waiting, the save does not stop."""
         ttft_ms = (round((stream.first_text_at - stream.started_at) * 1000, 1)
                    if stream.first_text_at is not None else None)
-        save = asyncio.get_running_loop().create_task(self._save(
-            turn, stream, text, status, usage=usage, ttft_ms=ttft_ms, duration_ms=duration_ms))
-        self._saves.add(save)
-        save.add_done_callback(self._saves.discard)
-        await asyncio.shield(save)
+        await asyncio.shield(self._spawn(turn.conversation_id, stream, text, status, usage=usage, ttft_ms=ttft_ms,
+                                         duration_ms=duration_ms))
 
-    async def _save(self, turn: Turn, stream: Stream, text: str, status: str, **numbers) -> None:
+    def lost(self, ended: Stream, conversation_id: str) -> None:
+        """A stream that died with the relay running it (the engine ended it on another): save its log's text."""
         try:
-            saved = await self.store.finish_turn(turn.conversation_id, stream.id, text, status,
+            text = "".join(e.text for e in ended.read(-1) if type(e) is Delta)
+        except ResumeGap:  # the log was trimmed: a partial copy would pass for the whole answer
+            self._count("failed")
+            event(log, "answer not saved", stream_id=ended.id, conversation_id=conversation_id, code="resume_gap")
+            return
+        end = ended.terminal
+        self._spawn(conversation_id, ended, text, end.code if isinstance(end, Error) else getattr(end, "reason", ""))
+
+    def _spawn(self, conversation_id: str, stream: Stream, text: str, status: str, **numbers) -> asyncio.Task:
+        save = asyncio.get_running_loop().create_task(self._save(conversation_id, stream, text, status, **numbers))
+        self._saves.add(save)  # held until done, and awaited by aclose
+        save.add_done_callback(self._saves.discard)
+        return save
+
+    async def _save(self, conversation_id: str, stream: Stream, text: str, status: str, **numbers) -> None:
+        try:
+            saved = await self.store.finish_turn(conversation_id, stream.id, text, status,
                                                  upstream=stream.upstream, combo=stream.combo, **numbers)
         except MatrixError as exc:  # the answer was streamed; only its copy is lost, and said so
             self._count("failed")
-            event(log, "answer not saved", stream_id=stream.id, conversation_id=turn.conversation_id,
+            event(log, "answer not saved", stream_id=stream.id, conversation_id=conversation_id,
                   code=exc.code, error=exc.message)
             return
         self._count("saved" if saved else "duplicate")
         if not saved:  # already saved, or the conversation was deleted meanwhile
-            event(log, "answer not saved twice", stream_id=stream.id, conversation_id=turn.conversation_id)
+            event(log, "answer not saved twice", stream_id=stream.id, conversation_id=conversation_id)
 
     async def refused(self, turn: Turn, code: str) -> None:
         """The stream could not start after its user message was saved: the message's answer says why."""

@@ -18,11 +18,15 @@ from .limits import ClientLimits
 from .stream import Stream
 
 Stop = Callable[[str], None]  # the relay's "cancel this stream's pump here", given to the engine
+# The relay's "this conversation's stream died with the relay that ran it": its log, ended, and
+# the conversation named at `create`. It returns at once (the save runs on its own).
+Lost = Callable[[Stream, str], None]
 
 
 class Engine(Protocol):
-    def bind(self, stop: Stop) -> None:
-        """How the engine stops a pump on this replica (grace expired, or a stop from elsewhere)."""
+    def bind(self, stop: Stop, lost: Lost | None = None) -> None:
+        """How the engine stops a pump on this replica (grace expired, or a stop from elsewhere), and
+        whom it tells when it ends a conversation's stream whose relay died (an engine shared by relays)."""
 
     async def open(self) -> None: ...
 
@@ -40,8 +44,11 @@ class Engine(Protocol):
 
     async def release(self, client: str, stream_id: str) -> None: ...
 
-    async def create(self, stream_id: str, owner: str, upstream: str, combo: str) -> tuple[Stream, Stream]:
-        """A new stream as (what the pump writes, what readers follow); refuse an existing id with 409."""
+    async def create(self, stream_id: str, owner: str, upstream: str, combo: str,
+                     conversation: str | None = None) -> tuple[Stream, Stream]:
+        """A new stream as (what the pump writes, what readers follow); refuse an existing id with 409.
+
+        `conversation`: kept with the stream, for `lost` (an engine that outlives relays)."""
 
     async def find(self, stream_id: str) -> Stream | None:
         """The log readers follow, wherever the stream's pump runs; None: unknown or expired."""
@@ -89,8 +96,8 @@ class MemoryEngine:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._tickets: dict[str, tuple[str, float]] = {}  # ticket -> (client, expiry)
 
-    def bind(self, stop: Stop) -> None:
-        self._stop = stop
+    def bind(self, stop: Stop, lost: Lost | None = None) -> None:
+        self._stop = stop  # `lost` never comes: this engine dies with its relay
 
     async def open(self) -> None:
         pass
@@ -114,7 +121,8 @@ class MemoryEngine:
     async def release(self, client: str, stream_id: str) -> None:
         self.limits.release(client)
 
-    async def create(self, stream_id: str, owner: str, upstream: str, combo: str) -> tuple[Stream, Stream]:
+    async def create(self, stream_id: str, owner: str, upstream: str, combo: str,
+                     conversation: str | None = None) -> tuple[Stream, Stream]:
         if stream_id in self.streams:
             raise RequestError(f"stream {stream_id!r} already exists", code="stream_exists", status=409)
         stream = new_stream(self.settings, stream_id, upstream, combo)

@@ -117,6 +117,7 @@ class StoreUnavailable(MatrixError):
     code = "store_unavailable"
     status = 503
     retryable = True
+    retry_after_s = 1  # the relay tries the database again at most once a second (matrix/conversations.py)
 
 
 class RelayLost(MatrixError):

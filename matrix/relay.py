@@ -44,12 +44,12 @@ class Relay:
         self.settings = settings
         self.upstreams = upstreams
         self.engine: Engine = engine or MemoryEngine(settings)
-        self.engine.bind(self._stop_pump)
         self._pumps: dict[str, asyncio.Task] = {}
         self._stopping = False
         self.metrics = Metrics()
         self.conversations = (None if store is None else Conversations(
             store, settings.store.timeout_s, lambda result: self.metrics.answers_saved.labels(result).inc()))
+        self.engine.bind(self._stop_pump, None if self.conversations is None else self.conversations.lost)
         self.shedder = Shedder(settings.limits, lambda: len(self._pumps))
         self.metrics.watch_load(self.shedder)
 
@@ -85,7 +85,8 @@ class Relay:
                 # After admission (a refused client costs no database work), before the
                 # stream exists (a refused turn leaves no stream behind).
                 chat, turn = await self._conversations().begin(chat, client)
-            stream, follow = await self.engine.create(stream_id, client, name, f"{downstream}-{upstream.transport}")
+            stream, follow = await self.engine.create(stream_id, client, name, f"{downstream}-{upstream.transport}",
+                                                      chat.conversation_id)
         except BaseException as exc:
             await self.engine.release(client, stream_id)
             if turn is not None:  # its user message is saved: its answer says why none came

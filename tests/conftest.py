@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from matrix.app import create_app
-from matrix.config import EngineConfig, LimitsConfig, ServerConfig, Settings, StoreConfig, StreamConfig
+from matrix.config import AuthConfig, EngineConfig, LimitsConfig, ServerConfig, Settings, StoreConfig, StreamConfig
 from mock_ai import relay_upstreams
 from mock_ai.app import create_app as create_mock
 from pgd import postgres_server
@@ -68,8 +68,10 @@ async def store_config(store_kind, tmp_path, request) -> StoreConfig:
 @pytest.fixture
 def make_relay(engine_config, store_config, aiohttp_server, mock):  # engine first: Redis outlives the relays' shutdown
     """Start a relay on the mock with stream/server/store settings overridden per test."""
-    async def make(server: dict | None = None, limits: dict | None = None, store: dict | None = None, **stream):
+    async def make(server: dict | None = None, limits: dict | None = None, store: dict | None = None,
+                   auth: dict | None = None, **stream):
         settings = Settings(server=ServerConfig(**(server or {})), limits=LimitsConfig(**(limits or {})),
+                            auth=AuthConfig(**(auth or {})),
                             stream=StreamConfig(**{**TEST_STREAM, **stream}), engine=engine_config,
                             store=StoreConfig(**{**dict(store_config), **(store or {})}),
                             upstreams=relay_upstreams(f"127.0.0.1:{mock.port}"))

@@ -227,3 +227,90 @@ async def test_page_streams_through_nginx(relay, page, tmp_path):
             await run(page, prompt, client, "spark")
             assert await ended(page) == "done", await page.locator('[data-lane="0"] .outcome').text_content()
             assert await answer(page) == expected_text(prompt)
+
+
+async def saved_turns(page, lane: int, count: int) -> list[tuple[str, str]]:
+    """Once the lane shows `count` saved turns (none pending): their (role, text)."""
+    turns = f'[data-lane="{lane}"] .turns .turn:not(.pending)'
+    await page.wait_for_function(f"document.querySelectorAll('{turns}').length === {count}")
+    return [(await t.locator(".who").text_content(), await t.locator(".turn-text").text_content())
+            for t in await page.locator(turns).all()]
+
+
+async def relay_transcript(relay, conversation: str) -> list[tuple[str, str]]:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        response = await client.get(f"{base_url(relay)}/v1/conversations/{conversation}")
+    assert response.status_code == 200, response.text
+    return [(m["role"], m["text"]) for m in response.json()["messages"]]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_conversation_continues_across_starts_in_a_lane(relay, mock, page, client):
+    """With the conversation on, a lane's second Start continues it: the provider hears the first turn, both show."""
+    tag = uuid.uuid4().hex[:10]
+    first = "My name is Ada.\n#mock tokens=6 interval_ms=5"
+    second = f"What is my name?\n#mock tokens=5 interval_ms=5 tag={tag}"
+    await open_demo(page, relay)
+    await page.check("#conversation")
+    await run(page, first, client, "openai")
+    assert await ended(page) == "done"
+    assert await saved_turns(page, 0, 2) == [("you", first), ("assistant", expected_text(first))]
+    await run(page, second, client, "openai")
+    assert await ended(page) == "done"
+    assert await answer(page) == expected_text(second)
+    both = [("user", first), ("assistant", expected_text(first)), ("user", second), ("assistant", expected_text(second))]
+    assert await saved_turns(page, 0, 4) == [("you" if r == "user" else r, t) for r, t in both]
+    conversation = await page.get_attribute('[data-lane="0"]', "data-conversation")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", conversation)  # randomUUID
+    assert await relay_transcript(relay, conversation) == both
+    [conn] = await provider_connections(mock, tag, ended=True)
+    assert [tuple(m) for m in conn["messages"]] == both[:3]  # the page sent one message; the relay added two
+    lane = page.locator('[data-lane="0"]')
+    assert await lane.locator(".turn .check.ok").text_content() == "✓ saved exactly as streamed"
+    await screenshot(page, f"conversation-{client}")
+
+
+async def test_new_conversation_and_picking_an_earlier_one(relay, page):
+    """New conversation starts afresh; picking the earlier one from the list continues it."""
+    one, two, three = ("Owls?\n#mock tokens=3 interval_ms=1", "Bats?\n#mock tokens=3 interval_ms=1",
+                       "More owls?\n#mock tokens=3 interval_ms=1")
+    await open_demo(page, relay)
+    await page.check("#conversation")
+    await run(page, one, "fetch", "spark")
+    assert await ended(page) == "done"
+    await saved_turns(page, 0, 2)
+    earlier = await page.get_attribute('[data-lane="0"]', "data-conversation")
+    await page.click('[data-lane="0"] .new-conversation')
+    assert await page.locator('[data-lane="0"] .turns .turn').count() == 0
+    await run(page, two, "fetch", "spark")
+    assert await ended(page) == "done"
+    assert await saved_turns(page, 0, 2) == [("you", two), ("assistant", expected_text(two))]
+    newer = await page.get_attribute('[data-lane="0"]', "data-conversation")
+    assert newer != earlier
+    picker = page.locator('[data-lane="0"] select.conversation-pick')
+    await page.wait_for_function(  # the list (GET /v1/conversations) has both, newest first
+        f"[...document.querySelectorAll('[data-lane=\"0\"] .conversation-pick option')].map(o => o.value).join()"
+        f" === '{newer},{earlier}'")
+    await picker.select_option(earlier)
+    assert await saved_turns(page, 0, 2) == [("you", one), ("assistant", expected_text(one))]
+    await run(page, three, "fetch", "spark")
+    assert await ended(page) == "done"
+    await saved_turns(page, 0, 4)
+    texts = [t for _, t in await relay_transcript(relay, earlier)]
+    assert texts == [one, expected_text(one), three, expected_text(three)]
+    assert len(await relay_transcript(relay, newer)) == 2
+
+
+async def test_a_stopped_answer_is_saved_as_cancelled_with_the_text_shown(relay, page):
+    """Stopping a conversation's answer leaves it in the turns as `cancelled`, with exactly the text the page showed."""
+    await open_demo(page, relay)
+    await page.check("#conversation")
+    await run(page, "Stop me\n#mock tokens=400 interval_ms=20", "ws", "openai")
+    await deltas_seen(page, 3)
+    await page.click("#stop")
+    assert await ended(page) == "stopped"
+    [(_, _), (who, text)] = await saved_turns(page, 0, 2)
+    assert who == "assistant" and text == await answer(page) and text
+    turn = page.locator('[data-lane="0"] .turn.assistant')
+    assert await turn.locator(".ending").text_content() == "cancelled"
+    assert await turn.locator(".check.ok").count() == 1

@@ -369,3 +369,42 @@ async def test_drops_and_reconnects_through_nginx_give_every_event_once(relays, 
         while len(served_by := relays.served_by()[logged:]) < connections:
             await asyncio.sleep(0.02)
     assert len(served_by) == connections and all(x != y for x, y in zip(served_by, served_by[1:])), served_by
+
+
+async def test_a_conversation_across_replicas_saves_each_answer_once(tmp_path, mock_url, postgres):
+    """Replicas sharing PostgreSQL: a turn started on A, resumed on B and read on C is saved once,
+    and the next turn, on B, sends the provider the whole history; a turn whose relay is killed
+    is saved by the relay that ends it, as relay_lost, with the text its followers got."""
+    store = f'[store]\nurl = "{await postgres.create_database()}"\n'
+    async with cluster(tmp_path, mock_url, config_extra=store) as the_cluster:
+        a, b, c = bases(the_cluster)
+        cid, sid, tag = new_id(), new_id(), new_id()
+        prompt = long_prompt(sid, tokens=60, interval_ms=20)
+        body = {**chat_body(prompt, WS_UP), "stream_id": sid, "conversation_id": cid}
+        events = await read_some("sse", a, body=body, limit=4)
+        rest, again = await asyncio.gather(read_some("ws", b, stream_id=sid, after=events[-1]["seq"]),
+                                           read_some("sse", c, stream_id=sid, after=-1))
+        events += rest
+        assert events[-1]["type"] == "done" and text_of(events) == text_of(again) == expected_text(prompt)
+        nxt = f"next\n#mock tokens=3 interval_ms=0 tag={tag}"
+        assert (await read_some("ws", b, body={**chat_body(nxt, SSE_UP), "conversation_id": cid}))[-1]["type"] == "done"
+        assert (await provider_connection(mock_url, tag, ended=True))["messages"] == [
+            ["user", prompt], ["assistant", text_of(events)], ["user", nxt]]
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            saved = (await client.get(f"{c}/v1/conversations/{cid}")).json()["messages"]
+        assert [(m["role"], m.get("stream_id")) for m in saved][:2] == [("user", None), ("assistant", sid)]
+        assert len(saved) == 4 and saved[1]["text"] == text_of(events) and saved[1]["status"] == "stop"
+        lost = new_id()
+        body = {**chat_body(long_prompt(lost), SSE_UP), "stream_id": lost, "conversation_id": cid}
+        async with asyncio.TaskGroup() as group:
+            group.create_task(quietly(read_some("ws", a, body=body)))
+            await progressed(b, lost, 5)
+            follower = group.create_task(read_some("sse", b, stream_id=lost, after=-1))
+            await progressed(c, lost, 8)
+            the_cluster.replicas[0][0].kill()
+            followed = await follower
+        assert followed[-1]["code"] == "relay_lost" and text_of(followed)
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client, asyncio.timeout(TIMEOUT):
+            while len(saved := (await client.get(f"{c}/v1/conversations/{cid}")).json()["messages"]) < 6:
+                await asyncio.sleep(0.05)
+        assert (saved[5]["status"], saved[5]["text"], saved[5]["stream_id"]) == ("relay_lost", text_of(followed), lost)

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.asyncio.retry import Retry
 
 from matrix.config import Settings
-from matrix.engine import Stop, new_stream, unattended_s
+from matrix.engine import Lost, Stop, new_stream, unattended_s
 from matrix.errors import EngineUnavailable, RelayLost, RequestError
 from matrix.events import TERMINAL, Error, Event, Start, decode, encode
 from matrix.limits import rate_limited, too_many_streams
@@ -44,6 +44,7 @@ class RedisEngine:
         self.replica = uuid.uuid4().hex[:12]
         self.keys = Keys(self.config.prefix, self.replica)
         self._stop: Stop = lambda stream_id: None
+        self._lost: Lost | None = None
         self._owned: dict[str, Source] = {}  # streams whose pump runs here
         self._mirrors: dict[str, Stream] = {}  # logs of streams another relay runs, followed here
         self._owner_of: dict[str, str] = {}  # mirror -> the relay that runs it
@@ -76,8 +77,9 @@ class RedisEngine:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def bind(self, stop: Stop) -> None:
+    def bind(self, stop: Stop, lost: Lost | None = None) -> None:
         self._stop = stop
+        self._lost = lost
 
     async def open(self) -> None:
         try:
@@ -190,11 +192,12 @@ class RedisEngine:
 
     # -- streams --------------------------------------------------------------------------
 
-    async def create(self, stream_id: str, owner: str, upstream: str, combo: str) -> tuple[Stream, Stream]:
+    async def create(self, stream_id: str, owner: str, upstream: str, combo: str,
+                     conversation: str | None = None) -> tuple[Stream, Stream]:
         k = self.keys
         start = Start(stream_id, 0, upstream, combo)
         created = await self._call(self._eval("CREATE", [k.meta(stream_id), k.log(stream_id), k.mine], [
-            self.replica, owner, upstream, combo, encode(start), LIVE_TTL_MS, stream_id]))
+            self.replica, owner, upstream, combo, encode(start), LIVE_TTL_MS, stream_id, conversation or ""]))
         if not created:
             raise RequestError(f"stream {stream_id!r} already exists", code="stream_exists", status=409)
         source = new_stream(self.settings, stream_id, upstream, combo, cls=Source)
@@ -474,6 +477,10 @@ class RedisEngine:
             if owner:
                 await self.redis.srem(k.live(owner.decode()), sid)
                 log_event(log, "stream lost", stream_id=sid, relay=dead)
+                conversation = await self.redis.hget(k.meta(sid), "conversation")
+                if self._lost is not None and conversation and (ended := await self.find(sid)) is not None:
+                    # Only the relay whose LOST ended it gets here: the answer is saved from the log.
+                    self._lost(ended, conversation.decode())
         await self.redis.delete(k.streams_of(dead))
         await self.redis.zrem(k.replicas, dead)
 

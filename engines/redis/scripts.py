@@ -15,6 +15,7 @@ redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('SADD', KEYS[3], ARGV[7])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'conversation', ARGV[8]) end
 return 1
 """
 

@@ -8,7 +8,11 @@
      stream with a fetch POST, follows it on GET /v1/streams/{id}/events, and lets the
      POST go once EventSource holds the stream.
    - WebSocketClient: one socket per lane; `chat`, `cancel` and `resume` messages.
-   Every stream id is chosen here, so Stop and resume work before the first event. */
+   Every stream id is chosen here, so Stop and resume work before the first event.
+
+   With "continue the conversation" on, each lane sends `conversation_id` and only the new
+   message; the relay keeps the history. After each stream ends the lane reads back what
+   the relay saved (GET /v1/conversations/{id}) and shows the turns. */
 'use strict';
 
 const HERE = document.baseURI;
@@ -19,6 +23,8 @@ const API = {
   events: (id, after) => new URL(`v1/streams/${encodeURIComponent(id)}/events`
                                  + (after === undefined ? '' : `?last_event_id=${after}`), HERE).href,
   cancel: (id) => new URL(`v1/streams/${encodeURIComponent(id)}/cancel`, HERE).href,
+  conversations: new URL('v1/conversations?limit=50', HERE).href,
+  conversation: (id) => new URL(`v1/conversations/${encodeURIComponent(id)}`, HERE).href,
 };
 const DOWNSTREAM_TRANSPORT = {fetch: 'sse', eventsource: 'sse', ws: 'ws'};
 const DOWNSTREAM_LABEL = {fetch: 'SSE · fetch', eventsource: 'SSE · EventSource', ws: 'WebSocket'};
@@ -342,6 +348,7 @@ class Lane {
     this.el.downstream.addEventListener('change', () => this.describe());
     this.el.upstream.addEventListener('change', () => this.describe());
     this.transport = null;
+    this.conversation = new ConversationView(this);
     this.reset();
   }
 
@@ -356,6 +363,7 @@ class Lane {
     this.counts = {events: 0, bytes: 0, beats: 0, deltas: 0, chars: 0, gaps: 0, dupes: 0, resumes: 0};
     this.terminal = null;
     this.stopTimer = null;
+    this.sentConversation = null;  // the conversation this stream continues, if any
     delete this.root.dataset.reason;
     this.el.text.textContent = '';
     this.el.log.replaceChildren();
@@ -413,12 +421,13 @@ class Lane {
     this.el.status.textContent = label || state;
     this.el.downstream.disabled = this.running;
     this.el.upstream.disabled = this.running;
+    this.conversation.lock(this.running);
     this.app.refreshButtons();
   }
 
   // -- actions ---------------------------------------------------------------------
 
-  start(prompt, trace) {
+  start(prompt, trace, converse) {
     this.transport?.close();
     this.reset();
     this.streamId = newStreamId();
@@ -428,6 +437,10 @@ class Lane {
     this.tick();
     const body = {messages: [{role: 'user', content: prompt}], upstream: this.el.upstream.value,
                   stream_id: this.streamId, trace};
+    if (converse) {
+      body.conversation_id = this.sentConversation = this.conversation.idForStart();
+      this.conversation.pending(prompt);
+    }
     this.transport = new TRANSPORTS[this.downstream](this);
     this.transport.start(body);
   }
@@ -585,6 +598,10 @@ class Lane {
       outcome.replaceChildren(strong(label));
     }
     this.render();
+    // The relay sends the terminal event after saving the answer, so it is there to read now.
+    if (this.sentConversation) {
+      this.conversation.afterTurn(this.sentConversation, this.streamId, this.el.text.textContent);
+    }
     this.app.laneFinished();
   }
 
@@ -689,6 +706,161 @@ function small(text) {
   return node;
 }
 
+/* ---------------------------------------------------------------- a lane's conversation */
+
+/** A conversation id the relay accepts (1-64 of A-Z a-z 0-9 _ -). randomUUID exists only in
+    secure contexts (https, localhost); elsewhere, 128 random bits in hex. */
+function newConversationId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+const when = (iso) => new Date(iso).toLocaleString([], {month: 'short', day: 'numeric',
+                                                        hour: '2-digit', minute: '2-digit'});
+
+/** The conversation a lane continues: its id, a picker of the caller's conversations, and the
+    turns. The page keeps no history of its own: the turns shown are what the relay saved
+    (GET /v1/conversations/{id}), which is what the provider is sent next time. */
+class ConversationView {
+  constructor(lane) {
+    this.lane = lane;
+    this.id = null;   // made on the first Start or by "New conversation", or picked
+    this.saved = null;  // the last read: {system, messages}, oldest first
+    this.known = [];  // the caller's conversations, newest first
+    this.el = {};
+    for (const name of ['conversation-bar', 'conversation-pick', 'new-conversation', 'conversation-note',
+                        'turns-box', 'turns', 'turn-count']) {
+      this.el[name] = $(`.${name}`, lane.root);
+    }
+    this.el['new-conversation'].addEventListener('click', () => this.choose(newConversationId(), false));
+    this.el['conversation-pick'].addEventListener('change', (e) => e.target.value && this.choose(e.target.value));
+  }
+
+  show(on) {
+    this.el['conversation-bar'].hidden = !on;
+    this.el['turns-box'].hidden = !on;
+    if (on) this.refreshList();
+    this.renderPick();
+  }
+
+  lock(running) {
+    this.el['conversation-pick'].disabled = running;
+    this.el['new-conversation'].disabled = running;
+  }
+
+  idForStart() {
+    if (!this.id) this.choose(newConversationId(), false);
+    return this.id;
+  }
+
+  /** Continue `id` from the next Start on; `stored` says whether the relay may already have turns of it. */
+  choose(id, stored = true) {
+    this.id = id;
+    this.saved = null;
+    this.lane.root.dataset.conversation = id;
+    this.el['conversation-note'].textContent = `in a terminal: matrix chat --conversation ${id}`;
+    this.renderPick();
+    this.renderTurns();
+    if (stored) this.read(id);
+  }
+
+  /** The user's message, under the saved turns, while its answer streams into the Answer box. */
+  pending(prompt) {
+    this.renderTurns({role: 'user', text: prompt, pending: true});
+  }
+
+  async afterTurn(id, streamId, shown) {
+    const messages = await this.read(id, {streamId, shown});
+    if (messages) {
+      this.lane.logNote(`the relay saved the turn: GET /v1/conversations/${id} → ${messages.length} messages`);
+    }
+    this.refreshList();
+  }
+
+  /** Read what the relay saved of `id` and show it; the messages, or null if it could not be read. */
+  async read(id, check = null) {
+    let response;
+    let body;
+    try {
+      response = await fetch(API.conversation(id));
+      body = await response.json().catch(() => ({}));
+    } catch (error) {
+      body = {error: {message: error.message}};
+    }
+    if (id !== this.id) return null;  // another conversation was picked meanwhile
+    if (response?.status === 404) {
+      this.saved = {messages: []};
+    } else if (!response?.ok) {
+      const why = body.error?.code || body.error?.message || `HTTP ${response?.status}`;
+      this.el['turn-count'].textContent = `cannot read it: ${why}`;
+      return null;
+    } else {
+      this.saved = body;
+    }
+    this.renderTurns(null, check);
+    return this.saved.messages;
+  }
+
+  renderTurns(pending = null, check = null) {
+    const messages = this.saved?.messages || [];
+    const items = messages.map((m) => this.turn(m, check));
+    if (this.saved?.system) items.unshift(this.turn({role: 'system', text: this.saved.system}));
+    if (pending) items.push(this.turn(pending));
+    this.el.turns.replaceChildren(...items);
+    this.el['turn-count'].textContent = this.saved ? `${messages.length} messages saved by the relay` : '';
+    this.el.turns.scrollTop = this.el.turns.scrollHeight;
+  }
+
+  /** One message. The answer just streamed is checked against what the relay saved of it. */
+  turn(message, check = null) {
+    const item = document.createElement('li');
+    item.className = `turn ${message.role}${message.pending ? ' pending' : ''}`;
+    const head = document.createElement('div');
+    head.className = 'turn-head';
+    head.append(span('who', message.role === 'user' ? 'you' : message.role));
+    if (message.pending) head.append(span('fact', 'sent with conversation_id; the answer streams below'));
+    if (message.role === 'assistant') {
+      head.append(span(`fact ending${message.status === 'stop' ? '' : ' other'}`, message.status || '?'));
+      if (typeof message.ttft_ms === 'number') head.append(span('fact', `TTFT ${ms(message.ttft_ms)}`));
+      if (message.combo) head.append(span('fact', `${message.combo} via ${message.upstream}`));
+    }
+    if (check && message.stream_id === check.streamId) {
+      const same = message.text === check.shown;
+      head.append(span(`check ${same ? 'ok' : 'bad'}`,
+                       same ? '✓ saved exactly as streamed' : '✗ saved text differs from what streamed'));
+    }
+    const text = document.createElement('div');
+    text.className = 'turn-text';
+    text.textContent = message.text;
+    item.append(head, text);
+    return item;
+  }
+
+  /** The caller's conversations, for the picker (the relay knows the caller by key or address). */
+  async refreshList() {
+    try {
+      const response = await fetch(API.conversations);
+      if (!response.ok) return;
+      this.known = (await response.json()).data || [];
+    } catch {
+      return;  // the picker keeps what it had; a Start will say what is wrong
+    }
+    this.renderPick();
+  }
+
+  renderPick() {
+    const options = this.known.map((c) => new Option(`${c.title} · ${when(c.updated_at)} · ${c.id.slice(0, 8)}`, c.id));
+    if (!this.id) {
+      options.unshift(new Option('a new one, on the next Start', ''));
+    } else if (!this.known.some((c) => c.id === this.id)) {
+      options.unshift(new Option(`new · ${this.id.slice(0, 8)}`, this.id));
+    }
+    const pick = this.el['conversation-pick'];
+    pick.replaceChildren(...options);
+    pick.value = this.id || '';
+  }
+}
+
 /* ---------------------------------------------------------------- the #mock directive */
 
 const DIRECTIVE = /^[ \t]*#mock(?=[ \t]|$).*$/m;
@@ -737,6 +909,7 @@ class App {
     this.buttons.stop.addEventListener('click', () => this.stop());
     this.buttons.drop.addEventListener('click', () => this.drop());
     $('#race').addEventListener('change', (e) => this.setRace(e.target.checked));
+    $('#conversation').addEventListener('change', () => this.showConversations());
     this.prompt.addEventListener('input', () => this.showFaults());
     this.prompt.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) this.start();
@@ -781,6 +954,7 @@ class App {
     this.lanes.push(lane);
     $('#lanes').append(lane.root);
     if (this.upstreams) this.fillLane(lane, this.lanes.length - 1);
+    lane.conversation.show($('#conversation').checked);
     return lane;
   }
 
@@ -804,11 +978,16 @@ class App {
     if (!this.upstreams || this.lanes.some((l) => l.running)) return;
     const trace = $('#trace').checked;
     $('#race-result').textContent = '';
-    for (const lane of this.lanes) lane.start(this.prompt.value, trace);
+    const converse = $('#conversation').checked;
+    for (const lane of this.lanes) lane.start(this.prompt.value, trace, converse);
   }
 
   stop() {
     for (const lane of this.lanes) lane.stop();
+  }
+
+  showConversations() {
+    for (const lane of this.lanes) lane.conversation.show($('#conversation').checked);
   }
 
   drop() {
@@ -823,6 +1002,7 @@ class App {
     this.buttons.stop.disabled = !running;
     this.buttons.drop.disabled = !this.lanes.some((l) => ['streaming', 'connecting'].includes(l.root.dataset.state));
     $('#race').disabled = running;
+    $('#conversation').disabled = running;
   }
 
   laneFinished() {
