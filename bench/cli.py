@@ -22,6 +22,7 @@ EPILOG = """examples:
   matrix bench --quick --engines memory,redis           # every combination on both engines, about 4 min
   matrix bench --quick --combos sse-sse,sse-sse@redis --levels 50 --phases paced   # one engine pair, ~25 s
   matrix bench --quick --phases workers                 # `matrix serve --workers 1` vs 2 at saturation, ~25 s
+  matrix bench --quick --phases store                   # TTFT added by the conversation store, SQLite and PostgreSQL
 """
 
 
@@ -53,6 +54,9 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     p.add_argument("--workers-seconds", type=float, help="seconds counted per workers run")
     p.add_argument("--workers-source", choices=("firehose", "mock"),
                    help="the workers phase's token source: bench/firehose.py (default, cheap per token) or the mock")
+    p.add_argument("--store-conversations", type=int,
+                   help="the store phase's conversations per store and combination (default 10)")
+    p.add_argument("--store-turns", type=int, help="the store phase's turns per conversation (full 30, quick 12)")
     p.add_argument("--overload-capacity", type=int,
                    help="the overload phase's max_active_streams; twice as many clients are offered (default 100)")
     p.add_argument("--sse-upstream", choices=("openai", "baidu"), help="the SSE vendor (default openai)")
@@ -69,6 +73,7 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
                         workers=args.workers and tuple(sorted(set(args.workers))), workers_streams=args.workers_streams,
                         workers_tokens=args.workers_tokens, workers_seconds=args.workers_seconds,
                         workers_source=args.workers_source, overload_capacity=args.overload_capacity,
+                        store_conversations=args.store_conversations, store_turns=args.store_turns,
                         sse_upstream=args.sse_upstream, nginx=args.nginx, relay_uvloop=args.relay_uvloop)
     bad = [c for c in plan.combos if c not in KNOWN_COMBOS] + [x for x in plan.phases if x not in PHASES]
     bad += [e for e in args.engines or () if e not in ENGINES]
@@ -76,7 +81,7 @@ def parse(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
         plan = plan.replace(combos=with_engines(plan.combos, args.engines))
     if (bad or not plan.combos or not plan.levels or min(plan.levels) < 1 or plan.reps < 1 or not plan.workers
             or min(plan.workers) < 1 or plan.workers_streams < 1 or plan.workers_tokens < 1
-            or plan.overload_capacity < 1):
+            or plan.overload_capacity < 1 or plan.store_conversations < 1 or plan.store_turns < 1):
         p.error(f"bad value(s): {', '.join(map(str, bad)) or 'empty or non-positive list'}")
     if plan.needs_redis and not args.render and (why := procs.redis_missing()):
         p.error(f"{why}; the @redis combinations and the workers phase need it "

@@ -36,6 +36,7 @@ class Tally:
     sent_ns: int = 0
     first_ns: int = 0
     last_ns: int = 0
+    end_ns: int = 0         # when the terminal event arrived (SSE: the body's last chunk, which carries it)
     error: str | None = None
     ended: bool = False
 
@@ -70,6 +71,7 @@ def prompt(tokens: int, interval_ms: float, first_token_ms: float = 0.0, tag: st
 async def _read_sse(response: aiohttp.ClientResponse, tally: Tally, error_marker: bytes) -> None:
     """Feed complete events only (up to the last blank line), as an SSE parser would dispatch them."""
     rest = b""
+    now = 0
     async for chunk in response.content.iter_any():
         now = time.monotonic_ns()
         data = rest + chunk if rest else chunk
@@ -82,6 +84,7 @@ async def _read_sse(response: aiohttp.ClientResponse, tally: Tally, error_marker
         tally.feed(complete, now)
         if error_marker in complete and tally.error is None:
             tally.error = complete[complete.find(error_marker):][:200].decode("utf-8", "replace")
+    tally.end_ns = now
     tally.ended = True
 
 
@@ -143,6 +146,7 @@ async def relay_ws_chat(ws: aiohttp.ClientWebSocketResponse, body: dict, tally: 
         elif kind in ("done", "error"):
             if kind == "error":
                 tally.error = f"{event.get('code')}: {event.get('message')}"[:200]
+            tally.end_ns = now
             tally.ended = True
             return
 

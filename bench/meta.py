@@ -10,10 +10,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from . import pgd
 from .procs import REPO, nginx_version, redis_version
 
-PACKAGES = ("aiohttp", "websockets", "orjson", "uvloop", "pydantic", "redis", "hiredis")
-RELAY_PATHS = ("matrix", "upstreams", "downstreams", "engines")
+PACKAGES = ("aiohttp", "websockets", "orjson", "uvloop", "pydantic", "redis", "hiredis", "sqlalchemy", "aiosqlite",
+            "asyncpg")
+RELAY_PATHS = ("matrix", "upstreams", "downstreams", "engines", "stores")
 
 
 def _cpu_model() -> str:
@@ -56,7 +58,8 @@ def collect() -> dict:
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _mem_gib(),
                     "kernel": platform.release(), "python": sys.version.split()[0]},
         "versions": {name: _version(name) for name in PACKAGES} | {"nginx": nginx_version(),
-                                                                   "redis-server": redis_version()},
+                                                                   "redis-server": redis_version(),
+                                                                   "postgresql": pgd.version()},
         "relay_commit": _git("rev-parse", "--short", "HEAD"),
         "relay_uncommitted_changes": bool(dirty) if dirty is not None else None,
     }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from matrix.config import COMBOS as RELAY_COMBOS
 
-PHASES = ("paced", "ttft", "burst", "stop", "overload", "workers")
+PHASES = ("paced", "ttft", "burst", "stop", "store", "overload", "workers")
 # downstream-upstream. The relay's four, and its OpenAI-compatible front door
 # (`POST /v1/chat/completions`, chunks as SSE) over an SSE upstream.
 FRONT_DOOR = "openai-sse"
@@ -18,6 +18,8 @@ COMBOS = (*RELAY_COMBOS, FRONT_DOOR)
 ENGINES = ("memory", "redis")
 REDIS_COMBOS = tuple(f"{c}@redis" for c in RELAY_COMBOS)
 KNOWN_COMBOS = (*COMBOS, *REDIS_COMBOS, f"{FRONT_DOOR}@redis")
+# The store phase's combinations: one per downstream door that takes a `conversation_id`.
+STORE_COMBOS = ("sse-sse", "ws-ws")
 
 
 def engine_of(combo: str) -> str:
@@ -63,6 +65,8 @@ class Plan:
     burst_tokens: int = 2000
     burst_reps: int = 5
     stop_streams: int = 30        # per combination
+    store_conversations: int = 10  # the store phase: conversations per relay and combination, continued in turns
+    store_turns: int = 30         # history reaches `[store] history_messages` (20) at turn 11: most turns read it all
     overload_capacity: int = 100  # the overload phase's max_active_streams: the knee of this 2-core box (README)
     overload_combo: str = "sse-sse"
     overload_seconds: float = 8.0  # of offered load: 2 × capacity clients, each holding a stream or retrying
@@ -97,9 +101,15 @@ class Plan:
     @property
     def engines(self) -> tuple[str, ...]:
         """The relays a run starts for the paced, TTFT, burst and stop phases: memory and/or redis."""
-        if not set(self.phases) - {"workers"}:
+        if not set(self.phases) - {"workers", "store"}:  # each starts relays of its own
             return ()
         return tuple(e for e in ENGINES if any(engine_of(c) == e for c in self.combos))
+
+    @property
+    def store_combos(self) -> tuple[str, ...]:
+        """What the store phase measures: those of STORE_COMBOS the run's combinations name, else sse-sse."""
+        bases = {base_of(c) for c in self.combos}
+        return tuple(c for c in STORE_COMBOS if c in bases) or STORE_COMBOS[:1]
 
     @property
     def needs_redis(self) -> bool:
@@ -112,6 +122,9 @@ class Plan:
         workers = (len(self.workers) * self.workers_reps * (4 + self.workers_seconds)
                    if "workers" in self.phases else 0)
         workers += self.overload_seconds + self.tokens * self.interval_ms / 1000 + 10 if "overload" in self.phases else 0
+        # Two stores, a plain and a conversation request per conversation, combination and turn, ~15 ms each.
+        workers += (15 + 2 * 2 * len(self.store_combos) * self.store_conversations * self.store_turns * 0.015
+                    if "store" in self.phases else 0)
         return (20 + (windows + self.retries) * per_window + self.ttft_requests * 0.1 + self.burst_reps * 2
                 + len(self.combos) * 3 + workers)
 
@@ -122,9 +135,10 @@ class Plan:
 PRESETS = {
     "full": Plan(),
     "quick": Plan(mode="quick", levels=(1, 50, 200), reps=2, tokens=60, hold_s=0.5, retries=2, ttft_requests=15,
-                  burst_reps=2, stop_streams=10, overload_seconds=4.0, workers_seconds=3.0, workers_reps=2),
+                  burst_reps=2, stop_streams=10, store_turns=12, overload_seconds=4.0, workers_seconds=3.0,
+                  workers_reps=2),
     "tiny": Plan(mode="tiny", combos=(*COMBOS, *REDIS_COMBOS), levels=(2,), reps=1, tokens=8, interval_ms=10.0,
                  probes=2, hold_s=0.2, fresh_relay=False, retries=0, ttft_requests=2, burst_tokens=200, burst_reps=1,
-                 stop_streams=2, overload_capacity=3, overload_seconds=1.0, workers_streams=4, workers_tokens=100,
-                 workers_seconds=1.0, workers_reps=1),
+                 stop_streams=2, store_conversations=2, store_turns=2, overload_capacity=3, overload_seconds=1.0,
+                 workers_streams=4, workers_tokens=100, workers_seconds=1.0, workers_reps=1),
 }

@@ -141,14 +141,13 @@ def _limits() -> dict:
 
 
 def relay_config(mock_base: str, default_upstream: str, engine: dict | None = None,
-                 limits: dict | None = None) -> str:
+                 limits: dict | None = None, store: dict | None = None) -> str:
     """The relay's TOML: every vendor pointed at the mock, all features at their defaults but client limits
-    (and the `[engine]` section, and `limits` on top of the bench's, when given)."""
+    (and the `[engine]` and `[store]` sections, and `limits` on top of the bench's, when given)."""
     lines = ["[server]", f"default_upstream = {json.dumps(default_upstream)}", ""]
-    if limits := {**_limits(), **(limits or {})}:
-        lines += ["[limits]", *(f"{key} = {json.dumps(value)}" for key, value in limits.items()), ""]
-    if engine:
-        lines += ["[engine]", *(f"{key} = {json.dumps(value)}" for key, value in engine.items()), ""]
+    for name, section in (("limits", {**_limits(), **(limits or {})}), ("engine", engine), ("store", store)):
+        if section:
+            lines += [f"[{name}]", *(f"{key} = {json.dumps(value)}" for key, value in section.items()), ""]
     for name, fields in relay_upstreams(mock_base.removeprefix("http://")).items():
         lines.append(f"[upstreams.{name}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
@@ -157,9 +156,9 @@ def relay_config(mock_base: str, default_upstream: str, engine: dict | None = No
 
 
 async def start_relay(workdir: Path, mock: Proc, uvloop: bool = False, name: str = "relay",
-                      engine: dict | None = None, limits: dict | None = None) -> Proc:
+                      engine: dict | None = None, limits: dict | None = None, store: dict | None = None) -> Proc:
     config = workdir / f"{name}.toml"
-    config.write_text(relay_config(mock.base, "openai", engine, limits))
+    config.write_text(relay_config(mock.base, "openai", engine, limits, store))
     port = free_port()
     entry = ["-m", "bench.launch", "--uvloop"] if uvloop else ["-m", "matrix"]
     cmd = [sys.executable, *entry, "serve", "--config", str(config), "--host", HOST, "--port", str(port)]

@@ -35,6 +35,9 @@ def header(report: dict) -> str:
     nginx = ((m["versions"].get("nginx") or "?") if report.get("nginx_reference")
              else "off (not on PATH, --no-nginx, or no phase needs it)")
     redis = f"; redis-server {m['versions'].get('redis-server') or '?'}" if report.get("redis") else ""
+    postgresql = ((report.get("store") or {}).get("stores") or {}).get("postgresql") or {}
+    if postgresql.get("by_combo"):
+        redis += f"; PostgreSQL {m['versions'].get('postgresql') or '?'}"
     return (f"matrix bench --{p['mode']}, {m['date']}, {report['seconds']:.0f} s; "
             f"{m['machine']['cpu']}, {m['machine']['cores']} cores, {m['machine']['memory_gib']} GiB, "
             f"Linux {m['machine']['kernel']}, Python {m['machine']['python']}; relay {m['relay_commit']}"
@@ -72,4 +75,7 @@ redis-server the bench starts (persistence off, emptied whenever that relay rest
 the relay's and redis-server's together, and each of its windows is paired with the same repetition's window \
 of the combination on the memory engine. The workers phase runs `matrix serve --workers N` (Redis engine) under \
 unpaced streams from a cheap token source (bench/firehose.py) and counts the tokens its clients receive; the \
-source, Redis and the bench share the same cores, and each run says what had no CPU to spare."""
+source, Redis and the bench share the same cores, and each run says what had no CPU to spare. The store phase \
+runs a relay per conversation store (an SQLite file, opened as the relay opens it: WAL, synchronous=NORMAL; a \
+PostgreSQL cluster the bench starts, with PostgreSQL's defaults: fsync on) and sends it sequential requests, those \
+that continue a conversation shuffled among those that name none; afterwards it reads every conversation back."""

@@ -1,4 +1,4 @@
-"""Run a plan: paced windows in shuffled order per repetition, then TTFT, burst, stop, workers; assemble the report."""
+"""Run a plan: paced windows in shuffled order per repetition, then TTFT, burst, stop, store, overload, workers."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import random
 import time
 from collections import defaultdict
 
-from . import burst, goals, meta, overload, paced, stop, summary, ttft, workers
+from . import burst, goals, meta, overload, paced, stop, store, summary, ttft, workers
 from .lab import Lab
 from .plan import FRONT_DOOR, FRONT_DOOR_BASE, Plan
 from .progress import Progress
 
 
 def steps(plan: Plan) -> int:
-    """Progress units: paced windows, TTFT rounds, burst reps, stop combinations, workers runs."""
+    """Progress units: paced windows, TTFT rounds, burst reps, stop combinations, store turns, workers runs."""
     n = 0
     if "paced" in plan.phases:
         n += plan.reps * len(plan.combos) * len(plan.levels)
@@ -25,6 +25,8 @@ def steps(plan: Plan) -> int:
         n += plan.burst_reps
     if "stop" in plan.phases:
         n += len(plan.combos)
+    if "store" in plan.phases:
+        n += plan.store_turns
     if "overload" in plan.phases:
         n += 1
     if "workers" in plan.phases:
@@ -72,8 +74,8 @@ async def run(plan: Plan, progress: Progress) -> dict:
                 timing["paced"] = round(time.monotonic() - mark, 1)
             if {"ttft", "burst", "stop"} & set(plan.phases):
                 await lab.restart_relays()
-            for name, module in (("ttft", ttft), ("burst", burst), ("stop", stop), ("overload", overload),
-                                 ("workers", workers)):
+            for name, module in (("ttft", ttft), ("burst", burst), ("stop", stop), ("store", store),
+                                 ("overload", overload), ("workers", workers)):
                 if name in plan.phases:
                     progress.show(name)
                     mark = time.monotonic()

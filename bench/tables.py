@@ -134,6 +134,39 @@ def workers(report: dict) -> Table:
                   "bench %", "box %", "saturated (runs)", "errors"], rows)
 
 
+def store(report: dict) -> Table:
+    data = report.get("store")
+    if not data:
+        return Table("", [], [])
+    rows = []
+    for name, cell in data["stores"].items():
+        if cell.get("skipped"):
+            rows.append([name, DASH, f"skipped: {cell['skipped']}", *[DASH] * 7])
+        for combo, c in (cell.get("by_combo") or {}).items():
+            plain, conv, added, back = c["plain"], c["conversation"], c["added"], c["readback"]
+            rows.append([name, combo, _p50_p99(plain["ttft"]), _p50_p99(conv["ttft"]),
+                         *(f'{num(added[f"{m}_p50_ms"])} / {num(added[f"{m}_p99_ms"])}'
+                           for m in ("ttft", "last_token", "done_after_last_token")),
+                         f'{num(plain["done_after_last_delta"]["p50"])} / {num(conv["done_after_last_delta"]["p50"])}',
+                         f'{conv["ttft"]["n"]} + {plain["ttft"]["n"]} / {conv["errors"]} + {plain["errors"]}',
+                         f'{back["complete"]}/{back["conversations"]}, {back["history_seen"]}/{back["answers"]}'])
+    noise = data.get("noise") or {}
+    return Table(f"Conversation store (ms): sequential requests on a relay per store, shuffled; conversation = "
+                 f"continues one of {data['conversations']} conversations by a turn ({data['turns']} turns, history up "
+                 f"to {data['history_messages']} messages), plain = names none; added = conversation − plain; last "
+                 "token = provider sent → client received; done = provider's last token sent → `done` received (the "
+                 "answer is saved in between); readback = conversations holding every turn, answers whose provider "
+                 f"received the whole history (its prompt_tokens); box {num(noise.get('box_busy_pct'), 0)} % busy "
+                 f"of 200, outside the bench {num(noise.get('other_pct'), 0)} %",
+                 ["store", "combo", "plain TTFT p50/p99", "conversation TTFT p50/p99", "TTFT added p50/p99",
+                  "last token added p50/p99", "done added p50/p99", "last delta → done p50 plain/conversation",
+                  "n conv + plain / errors", "readback"], rows)
+
+
+def _p50_p99(stat: dict) -> str:
+    return f'{num(stat.get("p50"))} / {num(stat.get("p99"))}'
+
+
 def overload(report: dict) -> Table:
     data = report.get("overload")
     if not data:
@@ -159,11 +192,12 @@ def goals(report: dict) -> Table:
     rows = [[g["goal"], g["target"], g["measured"],
              verdict[g["met"]] + (f" ({', '.join(g['missed'])})" if g["missed"] else "")]
             for g in report.get("goals", [])]
-    return Table("Goals (issues 4 and 11; the front door: issue 10; the Redis engine and workers: issue 9)",
+    return Table("Goals (issues 4 and 11; the front door: issue 10; the Redis engine and workers: issue 9; "
+                 "the conversation store: issue 12)",
                  ["goal", "target", "measured", "verdict"], rows)
 
 
 def all_tables(report: dict) -> list[Table]:
     tables = [paced(report), engines(report), front_door(report), ttft(report), burst(report), stop(report),
-              overload(report), workers(report), goals(report)]
+              store(report), overload(report), workers(report), goals(report)]
     return [t for t in tables if t.rows]

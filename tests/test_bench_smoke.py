@@ -1,8 +1,9 @@
 """Smoke test of `matrix bench`: a tiny run writes a complete, well-formed report (no timing is asserted).
 
 The tiny preset runs every combination on the memory engine and the four relay ones on the
-Redis engine too (a redis-server the bench starts), and the workers phase (`matrix serve
---workers 1` and `2`): `make system` installs redis-server, so nothing here is skipped."""
+Redis engine too (a redis-server the bench starts), the workers phase (`matrix serve
+--workers 1` and `2`) and the store phase on SQLite and PostgreSQL (a cluster the bench
+starts): `make system` installs redis-server and postgresql, so nothing here is skipped."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_bench_reports_ttft_burst_stop_and_goals(report):
     assert overload["refusals"]["clean"] == overload["refusals"]["n"]
     assert overload["probes"]["healthz"]["n"] > 0 and overload["probes"]["healthz"]["not_200"] == 0
     goals = data["goals"]
-    assert len(goals) == 21
+    assert len(goals) == 23
     for goal in goals:
         assert goal["met"] in (True, False, None) and goal["target"] and goal["measured"]
         assert all(_number_or_none(v) for v in goal["values"].values())
@@ -148,3 +149,28 @@ def test_bench_runs_the_workers_phase(report):
     assert set(row["values"]) == {"--workers 2"} and row["met"] in (True, False)
     assert "`matrix serve --workers N` at saturation" in (out / "tiny.md").read_text()
     assert "× 1 worker" in stdout
+
+
+def test_bench_measures_the_conversation_store_on_sqlite_and_postgresql(report):
+    """On each store, conversation and plain requests all succeed, every conversation holds every turn, the
+    provider received each answer's history, and the goal row of each store reads the added TTFT."""
+    data, out, stdout = report
+    store, plan = data["store"], data["plan"]
+    assert sorted(store["stores"]) == ["postgresql", "sqlite"] and store["combos"] == ["sse-sse", "ws-ws"]
+    requests = plan["store_conversations"] * plan["store_turns"]
+    for name, cell in store["stores"].items():
+        assert "skipped" not in cell, cell.get("skipped")
+        assert sorted(cell["by_combo"]) == sorted(store["combos"])
+        for combo, c in cell["by_combo"].items():
+            assert c["plain"]["errors"] == c["conversation"]["errors"] == 0, c["first_error"]
+            for kind in ("plain", "conversation"):
+                assert c[kind]["ttft"]["n"] == c[kind]["done_after_last_token"]["n"] == requests
+            assert all(isinstance(value, float) for value in c["added"].values()), c["added"]
+            back = c["readback"]
+            assert back["complete"] == back["conversations"] == plan["store_conversations"], back["first_problem"]
+            assert back["history_seen"] == back["answers"] == requests, (name, combo, back)
+    rows = [g for g in data["goals"] if g["goal"].startswith("TTFT added by the conversation store")]
+    assert [r["goal"].split(",")[1].split(":")[0].strip() for r in rows] == ["SQLite", "PostgreSQL"]
+    for row in rows:
+        assert set(row["values"]) == set(store["combos"]) and row["met"] in (True, False)
+    assert "Conversation store" in (out / "tiny.md").read_text() and "Conversation store" in stdout
