@@ -13,7 +13,7 @@ from pathlib import Path
 from . import pgd
 from .procs import REPO, nginx_version, redis_version
 
-PACKAGES = ("aiohttp", "websockets", "orjson", "uvloop", "pydantic", "redis", "hiredis", "sqlalchemy", "aiosqlite",
+PACKAGES = ("aiohttp", "websockets", "orjson", "uvloop", "pydantic", "redis", "hiredis", "sqlalchemy",
             "asyncpg")
 RELAY_PATHS = ("matrix", "upstreams", "downstreams", "engines", "stores")
 

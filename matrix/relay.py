@@ -220,6 +220,8 @@ class Relay:
                         assert isinstance(item, Finish)
                         if answer is None:
                             stream.finish(item.reason, item.usage)
+                        else:  # the end waits for the save; the text that came with it does not
+                            stream.announce()
                         return item
         raise UpstreamProtocolError(f"{upstream.name}: the provider stream ended without its end marker")
 

@@ -49,7 +49,8 @@ async def test_resume_finished_stream(graceful, down):
     sid = uuid.uuid4().hex[:12]
     prompt = "finished\n#mock tokens=6 interval_ms=5"
     full = await read_some("sse", graceful, body={**chat_body(prompt, "openai"), "stream_id": sid})
-    assert len(full) == 8
+    # Usually start, 6 deltas, done; the Redis engine merges tokens that land in one flush.
+    assert full[-1]["type"] == "done" and text_of(full) == expected_text(prompt) and len(full) >= 3
     for after in range(-1, len(full) - 1):
         assert await read_some(down, graceful, stream_id=sid, after=after) == full[after + 1:]
     events = await read_some(down, graceful, stream_id=sid, after=len(full))
