@@ -105,7 +105,7 @@ def write(report: dict, out: Path, name: str, with_chart: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json", out / f"{name}.md"]
     png = out / f"{name}.png"
-    drawn = with_chart and chart.available()
+    drawn = with_chart and chart.available() and bool((report.get("paced") or {}).get("summary"))  # it plots paced runs
     if drawn:
         paths.append(chart.draw(report, png))
     report["chart"] = png.name if drawn else None
