@@ -26,6 +26,7 @@ from .errors import (MatrixError, RequestError, ShuttingDown, StoreUnavailable, 
 from .identity import may_touch
 from .limits import check_request
 from .engine import Engine, MemoryEngine
+from .events import Error, Event
 from .logs import event
 from .metrics import Metrics
 from .passes import EachPass
@@ -161,7 +162,7 @@ class Relay:
         try:
             if turn is not None and answer is not None:  # saved before the client hears the end
                 await self._conversations().finish(
-                    turn, stream, "".join(answer), end.reason if isinstance(end, Finish) else end.code,
+                    turn, stream, "".join(answer), _status(end, stream.terminal),
                     end.usage if isinstance(end, Finish) else None,
                     round((asyncio.get_running_loop().time() - stream.started_at) * 1000, 1))
         finally:
@@ -242,6 +243,16 @@ class Relay:
             await self.conversations.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
+
+
+def _status(end: Finish | MatrixError, terminal: Event | None) -> str:
+    """How a stream ended, as its conversation keeps it: the end its readers were given, where an
+    engine gave one before the pump ended (Redis gone: engine_unavailable), else the pump's."""
+    if isinstance(terminal, Error):
+        return terminal.code
+    if isinstance(end, Finish):
+        return end.reason
+    return end.code
 
 
 def _keeping(add, answer: list[str]):

@@ -299,8 +299,9 @@ async def test_redis_stopped_mid_stream_and_restarted(relays, mock_url):
     Redis back on the same port: /readyz 200 and new streams run, with no relay restarted."""
     a, b, c = bases(relays)
     tag = new_id()
+    body = {**chat_body(long_prompt(tag), SSE_UP), "stream_id": tag, "conversation_id": tag}  # the relays' SQLite
     async with asyncio.TaskGroup() as group:
-        live = [group.create_task(read_some("sse", a, body={**chat_body(long_prompt(tag), SSE_UP), "stream_id": tag}))]
+        live = [group.create_task(read_some("sse", a, body=body))]
         await provider_connection(mock_url, tag, ended=False)
         await progressed(b, tag, 3)
         live.append(group.create_task(read_some("ws", b, stream_id=tag, after=-1)))
@@ -313,6 +314,9 @@ async def test_redis_stopped_mid_stream_and_restarted(relays, mock_url):
         assert events[-1]["type"] == "error" and events[-1]["code"] == "engine_unavailable", events[-1]
     # The owner cannot record the answer any more, so it stops paying for it.
     assert (await provider_connection(mock_url, tag, ended=True))["outcome"] == "client_closed"
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:  # the conversation keeps what the owner's client got
+        saved = (await client.get(f"{a}/v1/conversations/{tag}")).json()["messages"][-1]
+    assert (saved["status"], saved["text"]) == ("engine_unavailable", text_of(ended[0]))
     for base in (a, b, c):
         refused = await read_some("sse", base, body=chat_body("while down\n#mock tokens=3", SSE_UP))
         assert refused[0]["http_status"] == 503 and refused[0]["code"] == "engine_unavailable", refused
