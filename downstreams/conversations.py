@@ -8,10 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from matrix.appkeys import CLIENT, RELAY
-from matrix.conversations import Conversations
-from matrix.errors import RequestError, StoreUnavailable
+from matrix.errors import RequestError
 from matrix.request import parse_json
-from matrix.store import PAGE_DEFAULT, Conversation, StoredMessage
+from matrix.store import PAGE_DEFAULT, Conversation, Store, StoredMessage
 
 from .sse import read_body
 
@@ -61,11 +60,8 @@ def message(m: StoredMessage) -> dict[str, Any]:
     return out
 
 
-async def _store(request: web.Request):
-    conversations: Conversations | None = request.app[RELAY].conversations
-    if conversations is None:
-        raise StoreUnavailable("this relay has no conversation store")
-    return await conversations.opened()
+async def _store(request: web.Request) -> Store:
+    return await request.app[RELAY].conversation_store().opened()
 
 
 def _integer(raw: str | None, name: str) -> int:

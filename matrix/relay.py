@@ -85,13 +85,13 @@ class Relay:
             if chat.conversation_id is not None:
                 # After admission (a refused client costs no database work), before the
                 # stream exists (a refused turn leaves no stream behind).
-                chat, turn = await self._conversations().begin(chat, client)
+                chat, turn = await self.conversation_store().begin(chat, client)
             stream, follow = await self.engine.create(stream_id, client, name, f"{downstream}-{upstream.transport}",
                                                       chat.conversation_id)
         except BaseException as exc:
             await self.engine.release(client, stream_id)
             if turn is not None:  # its user message is saved: its answer says why none came
-                await self._conversations().refused(turn, getattr(exc, "code", "internal"))
+                await self.conversation_store().refused(turn, getattr(exc, "code", "internal"))
             raise
         self.metrics.stream_started(stream)
         event(log, "stream start", stream_id=stream_id, combo=stream.combo, upstream=name, client=client,
@@ -100,7 +100,8 @@ class Relay:
             self._pump(stream, upstream, chat, turn), name=f"pump-{stream_id}")
         return follow
 
-    def _conversations(self) -> Conversations:
+    def conversation_store(self) -> Conversations:
+        """The conversations this relay keeps: StoreUnavailable for a relay built without a store."""
         if self.conversations is None:
             raise StoreUnavailable("this relay has no conversation store")
         return self.conversations
@@ -161,7 +162,7 @@ class Relay:
             end = MatrixError(f"internal error: {type(exc).__name__}")
         try:
             if turn is not None and answer is not None:  # saved before the client hears the end
-                await self._conversations().finish(
+                await self.conversation_store().finish(
                     turn, stream, "".join(answer), _status(end, stream.terminal),
                     end.usage if isinstance(end, Finish) else None,
                     round((asyncio.get_running_loop().time() - stream.started_at) * 1000, 1))
