@@ -189,7 +189,7 @@ async def test_conversations_lists_newest_first_and_prints_one(relay):
     code, out, err = await matrix("conversations", newer, url=url)
     assert code == 0, err
     assert "user: Tell me about bats" in out
-    assert f"\nassistant [stop, " in out and expected_text(bats) in out
+    assert "\nassistant [stop, " in out and expected_text(bats) in out
     code, _, err = await matrix("conversations", f"missing-{uuid.uuid4().hex[:6]}", url=url)
     assert code == 1 and re.search(r"^error conversation_not_found: .+\(HTTP 404\)", err, re.M), err
 

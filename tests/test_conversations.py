@@ -8,7 +8,6 @@ combinations, both engines and both databases; then every way a stream can end e
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import httpx
